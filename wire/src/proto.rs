@@ -1,0 +1,176 @@
+//! The agent <-> master protocol.
+//!
+//! An agent opens one QUIC connection (mutual TLS) to the leading master and one
+//! bidirectional stream on it; every message in either direction is one [`crate::frame`]
+//! record holding an rkyv archive of [`AgentMessage`] or [`MasterMessage`]. One ordered stream
+//! keeps status updates of a task in order without sequence numbers.
+//!
+//! Session: the agent sends [`AgentMessage::Register`] first (with its `agent_id` and running
+//! tasks when it registered before: re-registration); the master answers
+//! [`MasterMessage::Registered`] or [`MasterMessage::Refused`]. Afterwards the master pings,
+//! sends tasks to run or kill and forwards acknowledgements; the agent answers pings and
+//! sends status updates, each carrying a fresh 16-byte uuid, retried until acknowledged.
+//!
+//! Enumerations that mirror Mesos (task state, reason, source) travel as their Mesos numbers
+//! and are checked on use.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::mesos::v1;
+use crate::resources::{Ranges, Resources, Scalar};
+
+/// Bumped on any incompatible change; the master refuses other versions by name.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Agent -> master.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub enum AgentMessage {
+    Register(Registration),
+    Pong { seq: u64 },
+    StatusUpdate(StatusUpdate),
+}
+
+/// Master -> agent.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub enum MasterMessage {
+    Registered { agent_id: String, master_id: String, ping_interval_ms: u64 },
+    Refused { reason: String },
+    Ping { seq: u64 },
+    RunTask(RunTask),
+    KillTask { framework_id: String, task_id: String, grace_period_ns: Option<u64> },
+    StatusAck { framework_id: String, task_id: String, uuid: [u8; 16] },
+    /// Kill every task of a framework that is gone, and forget it.
+    ShutdownFramework { framework_id: String },
+}
+
+/// What an agent says about itself when it (re-)registers.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Registration {
+    pub protocol_version: u32,
+    /// Set when re-registering: the id a master gave this agent before.
+    pub agent_id: Option<String>,
+    pub hostname: String,
+    /// The address the agent's HTTP API listens on, as clients should reach it.
+    pub http_address: String,
+    pub http_port: u16,
+    pub resources: Resources,
+    pub attributes: Vec<Attribute>,
+    /// Corral's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// The kernel boot id the agent runs under (`/proc/sys/kernel/random/boot_id`).
+    pub boot_id: String,
+    /// Tasks that are not yet terminal-and-acknowledged (re-registration only).
+    pub tasks: Vec<TaskReport>,
+    /// What the agent enforces (cgroup controllers found) and what it cannot.
+    pub isolation: IsolationReport,
+}
+
+/// What an agent's isolation can and cannot enforce on its host.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct IsolationReport {
+    /// The cgroup2 directory tasks are created under.
+    pub cgroup_root: String,
+    /// cgroup v2 controllers available to tasks.
+    pub controllers: Vec<String>,
+    /// Human-readable limits that are not enforced, e.g. `memory: not enforced`.
+    pub not_enforced: Vec<String>,
+}
+
+/// An agent attribute (`rack:r1`, `zone:{a,b}`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Attribute {
+    pub name: String,
+    pub value: AttributeValue,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub enum AttributeValue {
+    Text(String),
+    Scalar(Scalar),
+    Ranges(Ranges),
+    Set(Vec<String>),
+}
+
+/// A task an agent runs, as reported when it re-registers.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct TaskReport {
+    pub framework_id: String,
+    pub task: TaskSpec,
+    /// Latest state (a `mesos.v1.TaskState` number).
+    pub state: i32,
+}
+
+/// A task to launch.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct RunTask {
+    pub framework: FrameworkRef,
+    pub task: TaskSpec,
+}
+
+/// The framework a task belongs to, as much as the agent needs.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct FrameworkRef {
+    pub id: String,
+    pub name: String,
+    /// `FrameworkInfo.user`: who tasks run as unless the command names a user.
+    pub user: String,
+    pub role: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct TaskSpec {
+    pub task_id: String,
+    pub name: String,
+    pub resources: Resources,
+    pub command: CommandSpec,
+    /// SIGTERM -> SIGKILL grace; the agent's default when unset.
+    pub kill_grace_period_ns: Option<u64>,
+}
+
+/// A command task: `sh -c value` when `shell`, else `value` exec'd with `arguments` as argv.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct CommandSpec {
+    pub shell: bool,
+    pub value: Option<String>,
+    pub arguments: Vec<String>,
+    pub environment: Vec<(String, String)>,
+    pub user: Option<String>,
+}
+
+/// A task status update from an agent.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct StatusUpdate {
+    pub framework_id: String,
+    pub task_id: String,
+    /// `mesos.v1.TaskState` number.
+    pub state: i32,
+    /// `mesos.v1.TaskStatus.Reason` number.
+    pub reason: Option<i32>,
+    /// `mesos.v1.TaskStatus.Source` number.
+    pub source: i32,
+    pub message: String,
+    /// Unique per update; the acknowledgement names it.
+    pub uuid: [u8; 16],
+    /// Wall clock, nanoseconds since the Unix epoch, when the agent generated it.
+    pub timestamp_ns: u64,
+    pub container_id: Option<String>,
+}
+
+impl StatusUpdate {
+    /// The state, if the number is a known `TaskState`.
+    pub fn task_state(&self) -> Option<v1::TaskState> {
+        v1::TaskState::try_from(self.state).ok()
+    }
+}
