@@ -17,6 +17,7 @@ pub mod mesos;
 pub mod proto;
 pub mod recordio;
 pub mod resources;
+pub mod tls;
 
 /// The version string Corral reports where Mesos clients look for one. Clients parse it as
 /// purely numeric `X.Y.Z` and gate features on it, so it names the Mesos release whose API
