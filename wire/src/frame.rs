@@ -49,14 +49,16 @@ fn frame(payload: AlignedVec) -> Vec<u8> {
 pub fn decode_agent(payload: &[u8]) -> Result<AgentMessage, FrameError> {
     let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
-    rkyv::from_bytes::<AgentMessage, BoxedError>(&aligned).map_err(|e| FrameError::Invalid(e.to_string()))
+    rkyv::from_bytes::<AgentMessage, BoxedError>(&aligned)
+        .map_err(|e| FrameError::Invalid(e.to_string()))
 }
 
 /// Validates and deserializes one payload.
 pub fn decode_master(payload: &[u8]) -> Result<MasterMessage, FrameError> {
     let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
-    rkyv::from_bytes::<MasterMessage, BoxedError>(&aligned).map_err(|e| FrameError::Invalid(e.to_string()))
+    rkyv::from_bytes::<MasterMessage, BoxedError>(&aligned)
+        .map_err(|e| FrameError::Invalid(e.to_string()))
 }
 
 /// Reads records from a stream into one reused, aligned buffer.

@@ -35,14 +35,32 @@ pub enum AgentMessage {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[rkyv(derive(Debug))]
 pub enum MasterMessage {
-    Registered { agent_id: String, master_id: String, ping_interval_ms: u64 },
-    Refused { reason: String },
-    Ping { seq: u64 },
+    Registered {
+        agent_id: String,
+        master_id: String,
+        ping_interval_ms: u64,
+    },
+    Refused {
+        reason: String,
+    },
+    Ping {
+        seq: u64,
+    },
     RunTask(RunTask),
-    KillTask { framework_id: String, task_id: String, grace_period_ns: Option<u64> },
-    StatusAck { framework_id: String, task_id: String, uuid: [u8; 16] },
+    KillTask {
+        framework_id: String,
+        task_id: String,
+        grace_period_ns: Option<u64>,
+    },
+    StatusAck {
+        framework_id: String,
+        task_id: String,
+        uuid: [u8; 16],
+    },
     /// Kill every task of a framework that is gone, and forget it.
-    ShutdownFramework { framework_id: String },
+    ShutdownFramework {
+        framework_id: String,
+    },
 }
 
 /// What an agent says about itself when it (re-)registers.

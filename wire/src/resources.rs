@@ -12,7 +12,18 @@ use crate::mesos::v1 as pb;
 
 /// A scalar quantity in thousandths (`1.5` cpus is `Scalar(1500)`).
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug))]
 pub struct Scalar(pub i64);
@@ -267,6 +278,18 @@ impl Resources {
         r
     }
 
+    /// Only the scalar resources. Aggregates across agents (a framework's or role's total)
+    /// keep just these: ranges such as ports are per agent and do not add up across agents.
+    pub fn scalars_only(&self) -> Resources {
+        Resources(
+            self.0
+                .iter()
+                .filter(|(_, v)| matches!(v, Value::Scalar(_)))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )
+    }
+
     /// The scalar part only (what DRF shares are computed over).
     pub fn scalars(&self) -> impl Iterator<Item = (&str, Scalar)> {
         self.0.iter().filter_map(|(k, v)| match v {
@@ -309,8 +332,7 @@ impl Resources {
             let mut single = Resources::new();
             single.0.insert(r.name.clone(), one);
             if let Some(existing) = out.0.get(&r.name)
-                && std::mem::discriminant(existing)
-                    != std::mem::discriminant(&single.0[&r.name])
+                && std::mem::discriminant(existing) != std::mem::discriminant(&single.0[&r.name])
             {
                 return Err(ResourceError::MixedTypes(r.name.clone()));
             }
@@ -336,9 +358,8 @@ impl Resources {
                 let mut r = pb::Resource {
                     name: name.clone(),
                     role: Some("*".to_string()),
-                    allocation_info: allocation_role.map(|role| pb::resource::AllocationInfo {
-                        role: Some(role.to_string()),
-                    }),
+                    allocation_info: allocation_role
+                        .map(|role| pb::resource::AllocationInfo { role: Some(role.to_string()) }),
                     ..Default::default()
                 };
                 match v {
@@ -377,7 +398,10 @@ impl Resources {
                 Value::Scalar(s) => serde_json::json!(s.as_f64()),
                 Value::Ranges(r) => serde_json::json!(r.to_string()),
                 Value::Set(s) => {
-                    serde_json::json!(format!("{{{}}}", s.iter().cloned().collect::<Vec<_>>().join(", ")))
+                    serde_json::json!(format!(
+                        "{{{}}}",
+                        s.iter().cloned().collect::<Vec<_>>().join(", ")
+                    ))
                 }
             };
             m.insert(name.clone(), j);
@@ -401,8 +425,7 @@ impl Resources {
             if name.is_empty() {
                 return Err(err("empty resource name"));
             }
-            let v = if let Some(inner) = value.strip_prefix('[').and_then(|v| v.strip_suffix(']'))
-            {
+            let v = if let Some(inner) = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
                 let mut ranges = Vec::new();
                 for part in inner.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                     let (b, e) = part.split_once('-').ok_or_else(|| err("expected BEGIN-END"))?;
@@ -414,10 +437,14 @@ impl Resources {
                     ranges.push((b, e));
                 }
                 Value::Ranges(Ranges::new(ranges))
-            } else if let Some(inner) = value.strip_prefix('{').and_then(|v| v.strip_suffix('}'))
-            {
+            } else if let Some(inner) = value.strip_prefix('{').and_then(|v| v.strip_suffix('}')) {
                 Value::Set(
-                    inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+                    inner
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect(),
                 )
             } else {
                 let v: f64 = value.parse().map_err(|_| err("bad scalar"))?;
@@ -481,10 +508,15 @@ mod tests {
 
     #[test]
     fn parse_and_display_round_trip() {
-        let r = Resources::parse("cpus:2.5; mem:1024;disk:100;ports:[31000-32000, 40000-40010];z:{b,a}")
-            .unwrap();
+        let r = Resources::parse(
+            "cpus:2.5; mem:1024;disk:100;ports:[31000-32000, 40000-40010];z:{b,a}",
+        )
+        .unwrap();
         assert_eq!(r.scalar("cpus"), Scalar(2500));
-        assert_eq!(r.to_string(), "cpus:2.5;disk:100;mem:1024;ports:[31000-32000, 40000-40010];z:{a,b}");
+        assert_eq!(
+            r.to_string(),
+            "cpus:2.5;disk:100;mem:1024;ports:[31000-32000, 40000-40010];z:{a,b}"
+        );
         assert_eq!(Resources::parse(&r.to_string()).unwrap(), r);
         assert!(Resources::parse("cpus:-1").is_err());
         assert!(Resources::parse("ports:[5-1]").is_err());

@@ -121,8 +121,8 @@ impl TlsFiles {
 
 /// Writes a PEM pair as `DIR/NAME.pem` and `DIR/NAME-key.pem` (key mode 0600).
 pub fn write_pair(dir: &Path, name: &str, pair: &CertPair) -> Result<(), TlsError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
     use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     fs::create_dir_all(dir).map_err(|source| TlsError::Write { path: dir.into(), source })?;
     let cert = dir.join(format!("{name}.pem"));
     fs::write(&cert, &pair.cert_pem).map_err(|source| TlsError::Write { path: cert, source })?;
@@ -189,12 +189,10 @@ fn transport(keep_alive: Duration, idle: Duration) -> Arc<quinn::TransportConfig
 /// client without a certificate signed by the cluster CA.
 pub fn server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TlsError> {
     let m = load(files)?;
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(m.roots),
-        provider(),
-    )
-    .build()
-    .map_err(|e| TlsError::Config(e.to_string()))?;
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(m.roots), provider())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Config(e.to_string()))?

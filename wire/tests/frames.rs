@@ -14,38 +14,89 @@ fn resources() -> impl Strategy<Value = Resources> {
     (0.0f64..64.0, 0u32..65536, proptest::collection::vec((1u64..60000, 0u64..100), 0..4)).prop_map(
         |(cpus, mem, ports)| {
             let ranges: Vec<(u64, u64)> = ports.into_iter().map(|(b, l)| (b, b + l)).collect();
-            Resources::new().with_scalar("cpus", cpus).with_scalar("mem", mem as f64).with_ranges("ports", &ranges)
+            Resources::new()
+                .with_scalar("cpus", cpus)
+                .with_scalar("mem", mem as f64)
+                .with_ranges("ports", &ranges)
         },
     )
 }
 
 fn task_spec() -> impl Strategy<Value = TaskSpec> {
-    (text(), text(), resources(), any::<bool>(), proptest::option::of(text()),
-     proptest::collection::vec(text(), 0..4), proptest::collection::vec((text(), text()), 0..3),
-     proptest::option::of(text()), proptest::option::of(any::<u64>()))
-        .prop_map(|(task_id, name, resources, shell, value, arguments, environment, user, grace)| TaskSpec {
-            task_id,
-            name,
-            resources,
-            command: CommandSpec { shell, value, arguments, environment, user },
-            kill_grace_period_ns: grace,
-        })
+    (
+        text(),
+        text(),
+        resources(),
+        any::<bool>(),
+        proptest::option::of(text()),
+        proptest::collection::vec(text(), 0..4),
+        proptest::collection::vec((text(), text()), 0..3),
+        proptest::option::of(text()),
+        proptest::option::of(any::<u64>()),
+    )
+        .prop_map(
+            |(task_id, name, resources, shell, value, arguments, environment, user, grace)| {
+                TaskSpec {
+                    task_id,
+                    name,
+                    resources,
+                    command: CommandSpec { shell, value, arguments, environment, user },
+                    kill_grace_period_ns: grace,
+                }
+            },
+        )
 }
 
 fn status_update() -> impl Strategy<Value = StatusUpdate> {
-    (text(), text(), 0i32..14, proptest::option::of(0i32..35), 0i32..3, text(), any::<[u8; 16]>(),
-     any::<u64>(), proptest::option::of(text()))
-        .prop_map(|(framework_id, task_id, state, reason, source, message, uuid, timestamp_ns, container_id)| {
-            StatusUpdate { framework_id, task_id, state, reason, source, message, uuid, timestamp_ns, container_id }
-        })
+    (
+        text(),
+        text(),
+        0i32..14,
+        proptest::option::of(0i32..35),
+        0i32..3,
+        text(),
+        any::<[u8; 16]>(),
+        any::<u64>(),
+        proptest::option::of(text()),
+    )
+        .prop_map(
+            |(
+                framework_id,
+                task_id,
+                state,
+                reason,
+                source,
+                message,
+                uuid,
+                timestamp_ns,
+                container_id,
+            )| {
+                StatusUpdate {
+                    framework_id,
+                    task_id,
+                    state,
+                    reason,
+                    source,
+                    message,
+                    uuid,
+                    timestamp_ns,
+                    container_id,
+                }
+            },
+        )
 }
 
 fn agent_message() -> impl Strategy<Value = AgentMessage> {
     prop_oneof![
         any::<u64>().prop_map(|seq| AgentMessage::Pong { seq }),
         status_update().prop_map(AgentMessage::StatusUpdate),
-        (proptest::option::of(text()), text(), resources(), proptest::collection::vec((text(), task_spec(), 0i32..14), 0..3),
-         proptest::collection::vec(text(), 0..3))
+        (
+            proptest::option::of(text()),
+            text(),
+            resources(),
+            proptest::collection::vec((text(), task_spec(), 0i32..14), 0..3),
+            proptest::collection::vec(text(), 0..3)
+        )
             .prop_map(|(agent_id, hostname, resources, tasks, not_enforced)| {
                 AgentMessage::Register(Registration {
                     protocol_version: PROTOCOL_VERSION,
@@ -57,7 +108,10 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                     attributes: vec![
                         Attribute { name: "rack".into(), value: AttributeValue::Text(hostname) },
                         Attribute { name: "n".into(), value: AttributeValue::Scalar(Scalar(1500)) },
-                        Attribute { name: "r".into(), value: AttributeValue::Ranges(Ranges::new([(1, 2)])) },
+                        Attribute {
+                            name: "r".into(),
+                            value: AttributeValue::Ranges(Ranges::new([(1, 2)])),
+                        },
                     ],
                     version: "0.1.0".into(),
                     boot_id: "b".into(),
@@ -83,13 +137,19 @@ fn master_message() -> impl Strategy<Value = MasterMessage> {
         }),
         text().prop_map(|reason| MasterMessage::Refused { reason }),
         (text(), text(), text(), task_spec()).prop_map(|(id, name, user, task)| {
-            MasterMessage::RunTask(RunTask { framework: FrameworkRef { id, name, user, role: "*".into() }, task })
+            MasterMessage::RunTask(RunTask {
+                framework: FrameworkRef { id, name, user, role: "*".into() },
+                task,
+            })
         }),
-        (text(), text(), proptest::option::of(any::<u64>())).prop_map(|(framework_id, task_id, grace_period_ns)| {
-            MasterMessage::KillTask { framework_id, task_id, grace_period_ns }
+        (text(), text(), proptest::option::of(any::<u64>())).prop_map(
+            |(framework_id, task_id, grace_period_ns)| {
+                MasterMessage::KillTask { framework_id, task_id, grace_period_ns }
+            }
+        ),
+        (text(), text(), any::<[u8; 16]>()).prop_map(|(framework_id, task_id, uuid)| {
+            MasterMessage::StatusAck { framework_id, task_id, uuid }
         }),
-        (text(), text(), any::<[u8; 16]>())
-            .prop_map(|(framework_id, task_id, uuid)| MasterMessage::StatusAck { framework_id, task_id, uuid }),
         text().prop_map(|framework_id| MasterMessage::ShutdownFramework { framework_id }),
     ]
 }

@@ -108,7 +108,11 @@ fn parse_object(
     Ok(())
 }
 
-fn apply(msg: &mut DynamicMessage, field: &FieldDescriptor, json: &serde_json::Value) -> Result<(), String> {
+fn apply(
+    msg: &mut DynamicMessage,
+    field: &FieldDescriptor,
+    json: &serde_json::Value,
+) -> Result<(), String> {
     use serde_json::Value as J;
     match json {
         J::Null => Ok(()),
@@ -180,7 +184,10 @@ fn map_key(key_field: &FieldDescriptor, k: &str) -> Result<MapKey, String> {
 
 /// Converts one non-array JSON value for `field`'s element type. `Ok(None)` means "leave the
 /// field unset" (null, or an unknown name for an optional enum).
-fn scalar_or_message(field: &FieldDescriptor, json: &serde_json::Value) -> Result<Option<Value>, String> {
+fn scalar_or_message(
+    field: &FieldDescriptor,
+    json: &serde_json::Value,
+) -> Result<Option<Value>, String> {
     use serde_json::Value as J;
     let name = field.name();
     let kind = field.kind();
@@ -511,7 +518,8 @@ mod tests {
 
     #[test]
     fn subscribe_call_parses_with_defaults_and_unknown_keys() {
-        let body = br#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"root","name":"fw",
+        let body =
+            br#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"root","name":"fw",
             "roles":"web","capabilities":[{"type":"MULTI_ROLE"},{"type":"NO_SUCH_CAP"}],
             "failover_timeout":"30","checkpoint":"true","unknownKey":1}},"extra":null}"#;
         let call: Call = from_slice(body).unwrap();
@@ -537,11 +545,13 @@ mod tests {
                     .into()
             )
         );
-        let err = from_slice::<Call>(
-            br#"{"type":"ACCEPT","accept":{"offer_ids":[{"value":"o"},{}]}}"#,
-        )
-        .unwrap_err();
-        assert_eq!(err, JsonError::Convert("Missing required fields: accept.offer_ids[1].value".into()));
+        let err =
+            from_slice::<Call>(br#"{"type":"ACCEPT","accept":{"offer_ids":[{"value":"o"},{}]}}"#)
+                .unwrap_err();
+        assert_eq!(
+            err,
+            JsonError::Convert("Missing required fields: accept.offer_ids[1].value".into())
+        );
     }
 
     #[test]
@@ -549,9 +559,15 @@ mod tests {
         let e = |b: &[u8]| from_slice::<Call>(b).unwrap_err().to_string();
         assert_eq!(e(br#"{"type":["SUBSCRIBE"]}"#), "Not expecting a JSON array for field 'type'");
         assert_eq!(e(br#"{"type":1}"#), "Not expecting a JSON number for field 'type'");
-        assert_eq!(e(br#"{"framework_id":"x"}"#), "Not expecting a JSON string for field 'framework_id'");
+        assert_eq!(
+            e(br#"{"framework_id":"x"}"#),
+            "Not expecting a JSON string for field 'framework_id'"
+        );
         assert_eq!(e(br#"[]"#), "Expecting a JSON object");
-        assert!(e(br#"{"acknowledge":{"uuid":"***"}}"#).starts_with("Failed to base64 decode bytes field 'uuid'"));
+        assert!(
+            e(br#"{"acknowledge":{"uuid":"***"}}"#)
+                .starts_with("Failed to base64 decode bytes field 'uuid'")
+        );
         assert!(matches!(from_slice::<Call>(b"{nope"), Err(JsonError::Syntax(_))));
         // An unknown name in the optional `type` leaves it unset.
         let c: Call = from_slice(br#"{"type":"NO_SUCH_CALL"}"#).unwrap();
@@ -621,6 +637,10 @@ mod tests {
         use prost::Message as _;
         let ok = v1::FrameworkId { value: "x".into() }.encode_to_vec();
         assert_eq!(from_protobuf::<v1::FrameworkId>(&ok).unwrap().value, "x");
-        assert!(from_protobuf::<v1::FrameworkId>(&[]).unwrap_err().contains("Missing required fields: value"));
+        assert!(
+            from_protobuf::<v1::FrameworkId>(&[])
+                .unwrap_err()
+                .contains("Missing required fields: value")
+        );
     }
 }

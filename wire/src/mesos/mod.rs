@@ -57,7 +57,101 @@ pub fn is_terminal(state: v1::TaskState) -> bool {
     use v1::TaskState::*;
     matches!(
         state,
-        TaskFinished | TaskFailed | TaskKilled | TaskError | TaskLost | TaskDropped | TaskGone
+        TaskFinished
+            | TaskFailed
+            | TaskKilled
+            | TaskError
+            | TaskLost
+            | TaskDropped
+            | TaskGone
             | TaskGoneByOperator
     )
+}
+
+/// Mesos' common ID rules (task, executor, framework and agent ids): non-empty, at most 255
+/// bytes, not `.` or `..`, no control characters and no path separators. The error texts are
+/// Mesos'.
+pub fn validate_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("ID must not be empty".into());
+    }
+    if id.len() > 255 {
+        return Err("ID must not be greater than 255 characters".into());
+    }
+    if id == "." || id == ".." {
+        return Err(format!("'{id}' is disallowed"));
+    }
+    if id.chars().any(|c| c.is_control() || c == '/' || c == '\\') {
+        return Err(format!("'{id}' contains invalid characters"));
+    }
+    Ok(())
+}
+
+/// Mesos' role name rules, with Mesos' error texts.
+pub fn validate_role(role: &str) -> Result<(), String> {
+    if role == "*" {
+        return Ok(());
+    }
+    if role.starts_with('/') {
+        return Err(format!("Role '{role}' cannot start with a slash"));
+    }
+    if role.ends_with('/') {
+        return Err(format!("Role '{role}' cannot end with a slash"));
+    }
+    if role.contains("//") {
+        return Err(format!("Role '{role}' cannot contain two adjacent slashes"));
+    }
+    let components: Vec<&str> = role.split('/').filter(|c| !c.is_empty()).collect();
+    if components.is_empty() {
+        return Err("Role names cannot be the empty string".into());
+    }
+    for c in components {
+        match c {
+            "." => return Err(format!("Role '{role}' cannot include '.' as a component")),
+            ".." => return Err(format!("Role '{role}' cannot include '..' as a component")),
+            "*" => return Err(format!("Role '{role}' cannot include '*' as a component")),
+            _ => {}
+        }
+        if c.starts_with('-') {
+            return Err(format!("Role component '{c}' is invalid because it starts with a dash"));
+        }
+        if c.chars()
+            .any(|ch| matches!(ch, '\t' | '\n' | '\u{0b}' | '\u{0c}' | '\r' | ' ' | '\u{7f}'))
+        {
+            return Err(format!(
+                "Role component '{c}' is invalid because it contains backspace or whitespace"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether 16 bytes form a UUID as Mesos accepts it (boost: a known version nibble).
+pub fn is_valid_uuid(bytes: &[u8]) -> bool {
+    bytes.len() == 16 && (1..=5).contains(&(bytes[6] >> 4))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_roles() {
+        assert!(validate_id("task-1.x_y").is_ok());
+        assert_eq!(validate_id(""), Err("ID must not be empty".into()));
+        assert_eq!(validate_id(".."), Err("'..' is disallowed".into()));
+        assert_eq!(validate_id("a/b"), Err("'a/b' contains invalid characters".into()));
+        assert!(validate_id(&"x".repeat(256)).is_err());
+        assert!(validate_role("*").is_ok());
+        assert!(validate_role("eng/web").is_ok());
+        assert!(validate_role("").is_err());
+        assert!(validate_role("/a").is_err());
+        assert!(validate_role("a//b").is_err());
+        assert!(validate_role("a/*").is_err());
+        assert!(validate_role("-a").is_err());
+        assert!(validate_role("a b").is_err());
+        assert!(is_valid_uuid(&[0x40; 16]));
+        assert!(!is_valid_uuid(&[0; 16]));
+        assert!(!is_valid_uuid(&[0x40; 15]));
+    }
 }

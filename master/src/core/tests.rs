@@ -1,0 +1,717 @@
+//! Core tests: the master driven alone, with a fake clock, fake agent connections and fake
+//! framework streams, checking the commands it emits.
+
+use std::time::Duration;
+
+use corral_wire::mesos::v1::scheduler::{Call, Event, call, event};
+use corral_wire::mesos::v1::{self, TaskState};
+use corral_wire::proto::*;
+use corral_wire::resources::Resources;
+
+use super::scheduler::validate_call;
+use super::*;
+
+const MASTER: &str = "m1";
+
+fn t(secs: impl Into<f64>) -> Time {
+    let secs: f64 = secs.into();
+    Time(1_700_000_000_000_000_000 + (secs * 1e9) as u64)
+}
+
+fn master() -> Master {
+    let config = MasterConfig {
+        agent_ping_timeout: Duration::from_secs(1),
+        max_agent_ping_timeouts: 3,
+        ..MasterConfig::default()
+    };
+    let identity = Identity {
+        id: MASTER.into(),
+        hostname: "localhost".into(),
+        ip: std::net::Ipv4Addr::LOCALHOST,
+        port: 5050,
+        version: "1.11.0".into(),
+    };
+    Master::new(config, identity, t(0))
+}
+
+fn drain(m: &mut Master) -> Vec<Command> {
+    std::iter::from_fn(|| m.poll_command()).collect()
+}
+
+fn registration(agent_id: Option<&str>, resources: &str) -> Registration {
+    Registration {
+        protocol_version: PROTOCOL_VERSION,
+        agent_id: agent_id.map(String::from),
+        hostname: "host1".into(),
+        http_address: "127.0.0.1".into(),
+        http_port: 5051,
+        resources: Resources::parse(resources).unwrap(),
+        ..Default::default()
+    }
+}
+
+/// Registers an agent on `conn`; returns its id.
+fn add_agent(m: &mut Master, now: Time, conn: ConnId, resources: &str) -> String {
+    m.agent_message(now, conn, AgentMessage::Register(registration(None, resources)));
+    let cmds = drain_keep(m);
+    cmds.iter()
+        .find_map(|c| match c {
+            Command::SendAgent { msg: MasterMessage::Registered { agent_id, .. }, .. } => {
+                Some(agent_id.clone())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no Registered in {cmds:?}"))
+}
+
+fn framework_info(name: &str, caps: &[v1::framework_info::capability::Type]) -> v1::FrameworkInfo {
+    v1::FrameworkInfo {
+        user: "root".into(),
+        name: name.into(),
+        capabilities: caps
+            .iter()
+            .map(|c| v1::framework_info::Capability { r#type: Some(*c as i32) })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// Subscribes a framework on `stream`; returns its id.
+fn subscribe(m: &mut Master, now: Time, stream: StreamId, info: v1::FrameworkInfo) -> String {
+    let uuid = format!("stream-{stream}");
+    m.subscribe(now, stream, uuid, call::Subscribe { framework_info: info, ..Default::default() });
+    let cmds = drain_keep(m);
+    let first = events_on(&cmds, stream);
+    assert_eq!(first[0].r#type(), event::Type::Subscribed, "{cmds:?}");
+    assert_eq!(first[1].r#type(), event::Type::Heartbeat);
+    first[0].subscribed.as_ref().unwrap().framework_id.value.clone()
+}
+
+/// Drains only queued commands, without triggering allocation.
+fn drain_keep(m: &mut Master) -> Vec<Command> {
+    let mut out = Vec::new();
+    while let Some(c) = m.commands.pop_front() {
+        out.push(c);
+    }
+    out
+}
+
+fn events_on(cmds: &[Command], stream: StreamId) -> Vec<Event> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::SendEvent { stream: s, event } if *s == stream => Some(event.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn offers_on(cmds: &[Command], stream: StreamId) -> Vec<v1::Offer> {
+    events_on(cmds, stream)
+        .into_iter()
+        .filter_map(|e| e.offers.map(|o| o.offers))
+        .flatten()
+        .collect()
+}
+
+fn updates_on(cmds: &[Command], stream: StreamId) -> Vec<v1::TaskStatus> {
+    events_on(cmds, stream).into_iter().filter_map(|e| e.update.map(|u| u.status)).collect()
+}
+
+fn to_agent(cmds: &[Command], conn: ConnId) -> Vec<MasterMessage> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::SendAgent { conn: c2, msg } if *c2 == conn => Some(msg.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn fid_of(fid: &str) -> Option<v1::FrameworkId> {
+    Some(v1::FrameworkId { value: fid.into() })
+}
+
+fn launch_call(fid: &str, offer: &v1::Offer, task_id: &str, resources: &str) -> Call {
+    let task = v1::TaskInfo {
+        name: task_id.into(),
+        task_id: v1::TaskId { value: task_id.into() },
+        agent_id: offer.agent_id.clone(),
+        resources: Resources::parse(resources).unwrap().to_mesos(None),
+        command: Some(v1::CommandInfo { value: Some("true".into()), ..Default::default() }),
+        ..Default::default()
+    };
+    Call {
+        framework_id: fid_of(fid),
+        r#type: Some(call::Type::Accept as i32),
+        accept: Some(call::Accept {
+            offer_ids: vec![offer.id.clone()],
+            operations: vec![v1::offer::Operation {
+                r#type: Some(v1::offer::operation::Type::Launch as i32),
+                launch: Some(v1::offer::operation::Launch { task_infos: vec![task] }),
+                ..Default::default()
+            }],
+            filters: None,
+        }),
+        ..Default::default()
+    }
+}
+
+fn status(fid: &str, task: &str, state: TaskState, uuid: u8) -> AgentMessage {
+    let mut u = [0x40u8; 16];
+    u[0] = uuid;
+    AgentMessage::StatusUpdate(StatusUpdate {
+        framework_id: fid.into(),
+        task_id: task.into(),
+        state: state as i32,
+        reason: None,
+        source: v1::task_status::Source::Executor as i32,
+        message: String::new(),
+        uuid: u,
+        timestamp_ns: 0,
+        container_id: Some("c1".into()),
+    })
+}
+
+/// Advances time from `from` to `to` in quarter seconds, answering every ping sent on
+/// `conns`; returns everything else emitted.
+fn advance(m: &mut Master, from: f64, to: f64, conns: &[ConnId]) -> Vec<Command> {
+    let mut out = Vec::new();
+    let mut now = from;
+    while now < to {
+        now = (now + 0.25).min(to);
+        m.handle_timeout(t(now));
+        for c in drain(m) {
+            match c {
+                Command::SendAgent { conn, msg: MasterMessage::Ping { seq } }
+                    if conns.contains(&conn) =>
+                {
+                    m.agent_message(t(now), conn, AgentMessage::Pong { seq });
+                }
+                other => out.push(other),
+            }
+        }
+    }
+    out
+}
+
+fn call_ok(m: &mut Master, now: Time, stream: StreamId, call: Call) -> Vec<Command> {
+    validate_call(&call).unwrap();
+    let uuid = format!("stream-{stream}");
+    m.call(now, Some(&uuid), call).unwrap();
+    drain(m)
+}
+
+#[test]
+fn subscribe_offer_launch_finish_ack() {
+    let mut m = master();
+    let agent = add_agent(&mut m, t(0), 1, "cpus:2;mem:1024;ports:[31000-31010]");
+    let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
+    assert_eq!(fid, "m1-0000");
+    let cmds = drain(&mut m);
+    let offers = offers_on(&cmds, 10);
+    assert_eq!(offers.len(), 1, "{cmds:?}");
+    let offer = &offers[0];
+    assert_eq!(offer.agent_id.value, agent);
+    assert_eq!(
+        Resources::from_mesos(&offer.resources).unwrap(),
+        Resources::parse("cpus:2;mem:1024;ports:[31000-31010]").unwrap()
+    );
+    assert!(offer.resources.iter().all(|r| r.allocation_info.is_some()));
+
+    // Launch a task using half; the rest is declined by default for 5 s.
+    let cmds = call_ok(&mut m, t(1), 10, launch_call(&fid, offer, "t1", "cpus:1;mem:512"));
+    let run = to_agent(&cmds, 1);
+    assert!(
+        matches!(&run[..], [MasterMessage::RunTask(r)] if r.task.task_id == "t1" && r.framework.user == "root"),
+        "{run:?}"
+    );
+    assert!(offers_on(&cmds, 10).is_empty(), "remaining resources are filtered");
+
+    m.agent_message(t(1.1), 1, status(&fid, "t1", TaskState::TaskRunning, 1));
+    let cmds = drain(&mut m);
+    let ups = updates_on(&cmds, 10);
+    assert_eq!(ups.len(), 1);
+    assert_eq!(ups[0].state(), TaskState::TaskRunning);
+    assert_eq!(ups[0].agent_id.as_ref().unwrap().value, agent);
+    assert_eq!(ups[0].uuid.as_ref().unwrap().len(), 16);
+
+    // Ack is forwarded to the agent.
+    let ack = |uuid: u8| {
+        let mut u = vec![0x40u8; 16];
+        u[0] = uuid;
+        Call {
+            framework_id: fid_of(&fid),
+            r#type: Some(call::Type::Acknowledge as i32),
+            acknowledge: Some(call::Acknowledge {
+                agent_id: v1::AgentId { value: agent.clone() },
+                task_id: v1::TaskId { value: "t1".into() },
+                uuid: u,
+            }),
+            ..Default::default()
+        }
+    };
+    let cmds = call_ok(&mut m, t(1.2), 10, ack(1));
+    assert!(
+        matches!(&to_agent(&cmds, 1)[..], [MasterMessage::StatusAck { task_id, .. }] if task_id == "t1")
+    );
+
+    // Finishing releases the task's resources: the filter still hides the declined part,
+    // but the freed resources make the free set larger than what was refused.
+    m.agent_message(t(2), 1, status(&fid, "t1", TaskState::TaskFinished, 2));
+    let cmds = drain(&mut m);
+    assert_eq!(updates_on(&cmds, 10)[0].state(), TaskState::TaskFinished);
+    let offers = offers_on(&cmds, 10);
+    assert_eq!(offers.len(), 1, "freed resources are offered again at once: {cmds:?}");
+    assert_eq!(Resources::from_mesos(&offers[0].resources).unwrap().scalar("cpus").as_f64(), 2.0);
+    assert!(m.frameworks[&fid].tasks.contains_key("t1"), "kept until the terminal ack");
+    call_ok(&mut m, t(2.1), 10, ack(2));
+    assert!(!m.frameworks[&fid].tasks.contains_key("t1"));
+    assert_eq!(m.frameworks[&fid].completed_tasks.len(), 1);
+    m.allocator().check_invariants().unwrap();
+}
+
+#[test]
+fn stream_and_framework_checks() {
+    let mut m = master();
+    let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
+    let revive = |fid: &str| Call {
+        framework_id: fid_of(fid),
+        r#type: Some(call::Type::Revive as i32),
+        ..Default::default()
+    };
+    assert_eq!(
+        m.call(t(1), Some("stream-10"), revive("nope")),
+        Err(CallError::BadRequest("Framework cannot be found".into()))
+    );
+    assert!(
+        matches!(m.call(t(1), None, revive(&fid)), Err(CallError::BadRequest(e)) if e.contains("Mesos-Stream-Id"))
+    );
+    assert!(
+        matches!(m.call(t(1), Some("other"), revive(&fid)), Err(CallError::BadRequest(e)) if e.contains("didn't match"))
+    );
+    assert_eq!(m.call(t(1), Some("stream-10"), revive(&fid)), Ok(CallResponse::Accepted));
+    let unknown = Call { framework_id: fid_of(&fid), r#type: Some(0), ..Default::default() };
+    assert_eq!(m.call(t(1), Some("stream-10"), unknown), Err(CallError::NotImplemented));
+    // Disconnected (with a failover timeout, so it is kept): 403.
+    m.frameworks.get_mut(&fid).unwrap().info.failover_timeout = Some(60.0);
+    m.stream_closed(t(2), 10);
+    assert_eq!(
+        m.call(t(3), Some("stream-10"), revive(&fid)),
+        Err(CallError::Forbidden("Framework is not subscribed".into()))
+    );
+}
+
+#[test]
+fn call_validation_texts() {
+    let c = |t: call::Type| Call {
+        r#type: Some(t as i32),
+        framework_id: fid_of("f"),
+        ..Default::default()
+    };
+    assert_eq!(validate_call(&Call::default()), Err("Expecting 'type' to be present".into()));
+    assert_eq!(
+        validate_call(&c(call::Type::Accept)),
+        Err("Expecting 'accept' to be present".into())
+    );
+    assert_eq!(validate_call(&c(call::Type::Kill)), Err("Expecting 'kill' to be present".into()));
+    let mut ack = c(call::Type::Acknowledge);
+    ack.acknowledge = Some(call::Acknowledge { uuid: vec![1, 2, 3], ..Default::default() });
+    assert_eq!(validate_call(&ack), Err("Not a valid UUID".into()));
+    let mut no_fid = c(call::Type::Revive);
+    no_fid.framework_id = None;
+    assert_eq!(validate_call(&no_fid), Err("Expecting 'framework_id' to be present".into()));
+    let sub = Call {
+        r#type: Some(call::Type::Subscribe as i32),
+        framework_id: fid_of("x"),
+        subscribe: Some(call::Subscribe {
+            framework_info: framework_info("f", &[]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        validate_call(&sub),
+        Err("'framework_id' differs from 'subscribe.framework_info.id'".into())
+    );
+}
+
+#[test]
+fn invalid_framework_info_gets_error_event_and_close() {
+    let mut m = master();
+    let mut info = framework_info("fw", &[]);
+    info.roles = vec!["a".into()];
+    m.subscribe(
+        t(0),
+        7,
+        "s".into(),
+        call::Subscribe { framework_info: info, ..Default::default() },
+    );
+    let cmds = drain(&mut m);
+    let ev = events_on(&cmds, 7);
+    assert_eq!(ev[0].r#type(), event::Type::Error);
+    assert!(
+        ev[0].error.as_ref().unwrap().message.contains("'FrameworkInfo.roles' must not be set")
+    );
+    assert!(cmds.contains(&Command::CloseStream { stream: 7 }));
+    assert!(m.frameworks.is_empty());
+}
+
+#[test]
+fn invalid_tasks_get_task_error_and_resources_return() {
+    let mut m = master();
+    add_agent(&mut m, t(0), 1, "cpus:1;mem:128");
+    let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
+    let offer = offers_on(&drain(&mut m), 10).remove(0);
+    let cmds = call_ok(&mut m, t(1), 10, launch_call(&fid, &offer, "t1", "cpus:2;mem:64"));
+    let ups = updates_on(&cmds, 10);
+    assert_eq!(ups[0].state(), TaskState::TaskError);
+    assert_eq!(ups[0].reason(), v1::task_status::Reason::TaskInvalid);
+    assert!(ups[0].message().contains("is more than available"), "{:?}", ups[0].message);
+    assert!(ups[0].uuid.is_none(), "master updates carry no uuid");
+    assert!(to_agent(&cmds, 1).is_empty());
+    let cmds = call_ok(&mut m, t(1), 10, launch_call(&fid, &offer, "t2", "cpus:0.5"));
+    let ups = updates_on(&cmds, 10);
+    assert_eq!(ups[0].state(), TaskState::TaskLost, "offer already used");
+    assert_eq!(ups[0].reason(), v1::task_status::Reason::InvalidOffers);
+    m.allocator().check_invariants().unwrap();
+    assert!(m.allocator().agent_allocated(&offer.agent_id.value).unwrap().is_empty());
+}
+
+#[test]
+fn decline_filter_expires_and_reoffers() {
+    let mut m = master();
+    add_agent(&mut m, t(0), 1, "cpus:1;mem:128");
+    let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
+    let offer = offers_on(&drain(&mut m), 10).remove(0);
+    let decline = Call {
+        framework_id: fid_of(&fid),
+        r#type: Some(call::Type::Decline as i32),
+        decline: Some(call::Decline {
+            offer_ids: vec![offer.id.clone()],
+            filters: Some(v1::Filters { refuse_seconds: Some(10.0) }),
+        }),
+        ..Default::default()
+    };
+    let cmds = call_ok(&mut m, t(1), 10, decline);
+    assert!(offers_on(&cmds, 10).is_empty());
+    let wake = m.next_timeout().unwrap();
+    assert!(wake <= t(1.01), "ping timer first");
+    assert!(
+        offers_on(&advance(&mut m, 1.0, 10.75, &[1]), 10).is_empty(),
+        "still filtered before 11 s"
+    );
+    let offers = offers_on(&advance(&mut m, 10.75, 11.5, &[1]), 10);
+    assert_eq!(offers.len(), 1, "re-offered after the filter expired");
+}
+
+#[test]
+fn suppress_then_revive() {
+    let mut m = master();
+    let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
+    let c = |ty: call::Type| Call {
+        framework_id: fid_of(&fid),
+        r#type: Some(ty as i32),
+        ..Default::default()
+    };
+    call_ok(&mut m, t(0), 10, c(call::Type::Suppress));
+    add_agent(&mut m, t(1), 1, "cpus:1;mem:128");
+    assert!(offers_on(&drain(&mut m), 10).is_empty());
+    let cmds = call_ok(&mut m, t(2), 10, c(call::Type::Revive));
+    assert_eq!(offers_on(&cmds, 10).len(), 1);
+}
+
+fn launch_one(m: &mut Master, fid: &str, stream: StreamId, task: &str) -> v1::Offer {
+    let offer = offers_on(&drain(m), stream).remove(0);
+    call_ok(m, t(1), stream, launch_call(fid, &offer, task, "cpus:0.5;mem:64"));
+    offer
+}
+
+#[test]
+fn lost_agent_tasks_go_lost_or_unreachable_and_resources_are_withdrawn() {
+    let mut m = master();
+    add_agent(&mut m, t(0), 1, "cpus:1;mem:128");
+    let plain = subscribe(&mut m, t(0), 10, framework_info("plain", &[]));
+    let _ = launch_one(&mut m, &plain, 10, "t1");
+    let aware = subscribe(
+        &mut m,
+        t(1),
+        11,
+        framework_info("aware", &[v1::framework_info::capability::Type::PartitionAware]),
+    );
+    // The rest of the agent goes to the second framework after the first's filter... revive
+    // the first so both compete; simplest: the aware one gets the next offer.
+    let offers = offers_on(&drain(&mut m), 11);
+    if let Some(offer) = offers.first() {
+        call_ok(&mut m, t(1), 11, launch_call(&aware, offer, "t2", "cpus:0.5;mem:64"));
+    }
+    // The agent stops answering: pings at 1 s intervals, unreachable after 3 misses.
+    let mut now = 1.0;
+    let mut unreachable_seen = false;
+    while now < 10.0 {
+        now += 0.25;
+        m.handle_timeout(t(now));
+        let cmds = drain(&mut m);
+        let ups: Vec<_> = updates_on(&cmds, 10).into_iter().chain(updates_on(&cmds, 11)).collect();
+        if !ups.is_empty() {
+            unreachable_seen = true;
+            assert!(
+                (3.0..=5.0).contains(&now),
+                "marked unreachable after ~3 ping timeouts, at {now}"
+            );
+            let plain_up = updates_on(&cmds, 10);
+            assert_eq!(plain_up[0].state(), TaskState::TaskLost);
+            assert_eq!(plain_up[0].reason(), v1::task_status::Reason::AgentRemoved);
+            if !offers.is_empty() {
+                let aware_up = updates_on(&cmds, 11);
+                assert_eq!(aware_up[0].state(), TaskState::TaskUnreachable);
+                assert!(aware_up[0].unreachable_time.is_some());
+            }
+            let failures: Vec<_> =
+                events_on(&cmds, 10).into_iter().filter(|e| e.failure.is_some()).collect();
+            assert_eq!(failures.len(), 1);
+            assert!(cmds.iter().any(|c| matches!(c, Command::CloseAgent { conn: 1, .. })));
+            break;
+        }
+    }
+    assert!(unreachable_seen);
+    assert_eq!(m.agents().values().next().unwrap().state, AgentState::Unreachable);
+    // Its resources are never offered again.
+    for i in 0..5 {
+        m.handle_timeout(t(20.0 + f64::from(i) * 10.0));
+        let cmds = drain(&mut m);
+        assert!(offers_on(&cmds, 10).is_empty() && offers_on(&cmds, 11).is_empty());
+    }
+    assert!(m.allocator().total().is_empty());
+}
+
+#[test]
+fn pongs_keep_an_agent_alive() {
+    let mut m = master();
+    add_agent(&mut m, t(0), 1, "cpus:1;mem:128");
+    for i in 1..30 {
+        m.handle_timeout(t(f64::from(i)));
+        for c in drain(&mut m) {
+            if let Command::SendAgent { msg: MasterMessage::Ping { seq }, .. } = c {
+                m.agent_message(t(f64::from(i) + 0.1), 1, AgentMessage::Pong { seq });
+            }
+        }
+    }
+    assert_eq!(m.agents().values().next().unwrap().state, AgentState::Connected);
+}
+
+#[test]
+fn failover_within_timeout_keeps_tasks_and_closes_the_old_stream() {
+    let mut m = master();
+    add_agent(&mut m, t(0), 1, "cpus:1;mem:128");
+    let mut info = framework_info("fw", &[]);
+    info.failover_timeout = Some(60.0);
+    let fid = subscribe(&mut m, t(0), 10, info.clone());
+    launch_one(&mut m, &fid, 10, "t1");
+    advance(&mut m, 1.0, 5.0, &[1]);
+    // Re-subscribe on a new stream while the old one is still open.
+    info.id = fid_of(&fid);
+    m.subscribe(
+        t(5),
+        20,
+        "stream-20".into(),
+        call::Subscribe { framework_info: info.clone(), ..Default::default() },
+    );
+    let cmds = drain_keep(&mut m);
+    let old = events_on(&cmds, 10);
+    assert_eq!(old[0].error.as_ref().unwrap().message, "Framework failed over");
+    assert!(cmds.contains(&Command::CloseStream { stream: 10 }));
+    assert_eq!(events_on(&cmds, 20)[0].subscribed.as_ref().unwrap().framework_id.value, fid);
+    assert!(m.frameworks[&fid].tasks.contains_key("t1"));
+    // Disconnect; come back within the timeout.
+    advance(&mut m, 5.0, 6.0, &[1]);
+    m.stream_closed(t(6), 20);
+    advance(&mut m, 6.0, 30.0, &[1]);
+    m.subscribe(
+        t(30),
+        30,
+        "stream-30".into(),
+        call::Subscribe { framework_info: info, ..Default::default() },
+    );
+    drain(&mut m);
+    advance(&mut m, 30.0, 100.0, &[1]);
+    assert!(m.frameworks.contains_key(&fid));
+    assert!(m.frameworks[&fid].tasks.contains_key("t1"));
+}
+
+#[test]
+fn failover_timeout_removes_framework_and_kills_tasks() {
+    let mut m = master();
+    add_agent(&mut m, t(0), 1, "cpus:1;mem:128");
+    let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
+    launch_one(&mut m, &fid, 10, "t1");
+    m.stream_closed(t(2), 10);
+    m.handle_timeout(t(2));
+    let cmds = drain(&mut m);
+    assert!(
+        to_agent(&cmds, 1)
+            .contains(&MasterMessage::ShutdownFramework { framework_id: fid.clone() }),
+        "{cmds:?}"
+    );
+    assert!(!m.frameworks.contains_key(&fid));
+    assert_eq!(m.completed_frameworks().len(), 1);
+    let done = &m.completed_frameworks()[0].completed_tasks;
+    assert_eq!(done[0].state, TaskState::TaskKilled);
+    assert!(
+        m.allocator()
+            .agent_allocated(&m.agents().keys().next().unwrap().clone())
+            .unwrap()
+            .is_empty()
+    );
+    // A removed framework cannot come back.
+    let mut info = framework_info("fw", &[]);
+    info.id = fid_of(&fid);
+    m.subscribe(
+        t(3),
+        11,
+        "s".into(),
+        call::Subscribe { framework_info: info, ..Default::default() },
+    );
+    let cmds = drain(&mut m);
+    assert_eq!(
+        events_on(&cmds, 11)[0].error.as_ref().unwrap().message,
+        "Framework has been removed"
+    );
+}
+
+#[test]
+fn teardown_removes_at_once() {
+    let mut m = master();
+    add_agent(&mut m, t(0), 1, "cpus:1;mem:128");
+    let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
+    launch_one(&mut m, &fid, 10, "t1");
+    let cmds = call_ok(
+        &mut m,
+        t(2),
+        10,
+        Call {
+            framework_id: fid_of(&fid),
+            r#type: Some(call::Type::Teardown as i32),
+            ..Default::default()
+        },
+    );
+    assert!(cmds.contains(&Command::CloseStream { stream: 10 }));
+    assert!(to_agent(&cmds, 1).contains(&MasterMessage::ShutdownFramework { framework_id: fid }));
+}
+
+#[test]
+fn kill_and_reconcile() {
+    let mut m = master();
+    let agent = add_agent(&mut m, t(0), 1, "cpus:1;mem:128");
+    let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
+    launch_one(&mut m, &fid, 10, "t1");
+    m.agent_message(t(1), 1, status(&fid, "t1", TaskState::TaskRunning, 1));
+    drain(&mut m);
+    let kill = |task: &str, agent: Option<&str>| Call {
+        framework_id: fid_of(&fid),
+        r#type: Some(call::Type::Kill as i32),
+        kill: Some(call::Kill {
+            task_id: v1::TaskId { value: task.into() },
+            agent_id: agent.map(|a| v1::AgentId { value: a.into() }),
+            kill_policy: Some(v1::KillPolicy {
+                grace_period: Some(v1::DurationInfo { nanoseconds: 2_000_000_000 }),
+            }),
+        }),
+        ..Default::default()
+    };
+    let cmds = call_ok(&mut m, t(2), 10, kill("t1", None));
+    assert_eq!(
+        to_agent(&cmds, 1),
+        vec![MasterMessage::KillTask {
+            framework_id: fid.clone(),
+            task_id: "t1".into(),
+            grace_period_ns: Some(2_000_000_000)
+        }]
+    );
+    // Unknown task on a known agent: TASK_LOST (not partition aware), no uuid.
+    let cmds = call_ok(&mut m, t(2), 10, kill("ghost", Some(&agent)));
+    let ups = updates_on(&cmds, 10);
+    assert_eq!(ups[0].state(), TaskState::TaskLost);
+    assert_eq!(ups[0].message(), "Reconciliation: Task is unknown to the agent");
+    // Implicit reconciliation reports every task's latest state.
+    let cmds = call_ok(
+        &mut m,
+        t(3),
+        10,
+        Call {
+            framework_id: fid_of(&fid),
+            r#type: Some(call::Type::Reconcile as i32),
+            reconcile: Some(call::Reconcile::default()),
+            ..Default::default()
+        },
+    );
+    let ups = updates_on(&cmds, 10);
+    assert_eq!(ups.len(), 1);
+    assert_eq!(ups[0].state(), TaskState::TaskRunning);
+    assert_eq!(ups[0].reason(), v1::task_status::Reason::Reconciliation);
+    assert_eq!(ups[0].source(), v1::task_status::Source::Master);
+}
+
+#[test]
+fn reregistration_keeps_reported_tasks_and_their_resources() {
+    let mut m = master();
+    let agent = add_agent(&mut m, t(0), 1, "cpus:1;mem:128");
+    let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
+    launch_one(&mut m, &fid, 10, "t1");
+    m.agent_message(t(1), 1, status(&fid, "t1", TaskState::TaskRunning, 1));
+    drain(&mut m);
+    m.agent_disconnected(t(2), 1);
+    assert_eq!(m.agents()[&agent].state, AgentState::Disconnected);
+    let mut reg = registration(Some(&agent), "cpus:1;mem:128");
+    reg.tasks = vec![TaskReport {
+        framework_id: fid.clone(),
+        task: TaskSpec {
+            task_id: "t1".into(),
+            resources: Resources::parse("cpus:0.5;mem:64").unwrap(),
+            ..Default::default()
+        },
+        state: TaskState::TaskRunning as i32,
+    }];
+    m.agent_message(t(2.5), 2, AgentMessage::Register(reg));
+    let cmds = drain(&mut m);
+    assert!(
+        matches!(&to_agent(&cmds, 2)[0], MasterMessage::Registered { agent_id, .. } if *agent_id == agent)
+    );
+    assert_eq!(m.agents()[&agent].state, AgentState::Connected);
+    assert!(m.frameworks[&fid].tasks.contains_key("t1"));
+    assert_eq!(
+        m.allocator().agent_allocated(&agent).unwrap().scalar("cpus").as_f64(),
+        1.0,
+        "half used, half offered"
+    );
+    m.allocator().check_invariants().unwrap();
+}
+
+#[test]
+fn wrong_protocol_version_is_refused() {
+    let mut m = master();
+    let mut reg = registration(None, "cpus:1");
+    reg.protocol_version = 99;
+    m.agent_message(t(0), 1, AgentMessage::Register(reg));
+    let cmds = drain(&mut m);
+    assert!(
+        matches!(&to_agent(&cmds, 1)[0], MasterMessage::Refused { reason } if reason.contains("protocol version 99"))
+    );
+    assert!(cmds.iter().any(|c| matches!(c, Command::CloseAgent { conn: 1, .. })));
+    assert!(m.agents().is_empty());
+}
+
+#[test]
+fn drf_across_frameworks_end_to_end() {
+    let mut m = master();
+    let f1 = subscribe(&mut m, t(0), 10, framework_info("a", &[]));
+    let f2 = subscribe(&mut m, t(0), 11, framework_info("b", &[]));
+    let mut got = std::collections::HashMap::new();
+    for i in 0..10 {
+        add_agent(&mut m, t(1), 100 + i, "cpus:1;mem:128");
+        let cmds = drain(&mut m);
+        for (stream, fid) in [(10, &f1), (11, &f2)] {
+            *got.entry(fid.clone()).or_insert(0) += offers_on(&cmds, stream).len();
+        }
+    }
+    assert_eq!(got[&f1], 5);
+    assert_eq!(got[&f2], 5);
+}
