@@ -1,1 +1,114 @@
-fn main() {}
+//! `corral`: one binary for every role — the master and agent daemons, a local dev cluster,
+//! a one-task framework (`corral run`), cluster tables, and certificate generation.
+#![forbid(unsafe_code)]
+
+mod certs;
+mod dev;
+mod run;
+mod tables;
+
+use std::ffi::OsStr;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use corral_tools::client::MasterAddr;
+
+#[derive(Debug, Parser)]
+#[command(name = "corral", version, about = "Corral: a cluster manager that speaks the Apache Mesos v1 APIs")]
+struct Cli {
+    /// Log filter (RUST_LOG syntax), e.g. `info`, `corral_master=debug`.
+    #[arg(long, global = true, env = "CORRAL_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a master (HTTP API and agent endpoint on one port number).
+    Master(corral_master::MasterArgs),
+    /// Run an agent: register with the master, run tasks in cgroups.
+    Agent(corral_agent::AgentArgs),
+    /// Run a local cluster: a standalone master and N agents as child processes, with a
+    /// throwaway CA. Ctrl-C stops everything and leaves no process or cgroup behind.
+    Dev(dev::DevArgs),
+    /// Run one command as a task (a one-task framework, like mesos-execute): prints state
+    /// transitions, then the task's stdout and stderr, and exits with the task's exit code.
+    Run(run::RunArgs),
+    /// List the cluster's agents.
+    Agents(tables::TableArgs),
+    /// List the cluster's frameworks.
+    Frameworks(tables::TableArgs),
+    /// List the cluster's tasks.
+    Tasks(tables::TableArgs),
+    /// Make TLS material for a cluster (CA, master and agent certificates).
+    Certs(certs::CertsArgs),
+}
+
+/// Parses `--master` values.
+pub fn parse_master(s: &str) -> Result<MasterAddr, String> {
+    s.parse::<MasterAddr>().map_err(|e| e.to_string())
+}
+
+fn main() -> ExitCode {
+    // The per-task init runs before anything else: no runtime, no logging setup.
+    if std::env::args_os().nth(1).as_deref() == Some(OsStr::new(corral_agent::TASK_INIT_ARG)) {
+        corral_agent::task_init_main();
+    }
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("corral: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Master(args) => {
+                corral_master::run(args, shutdown_signal()).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Agent(args) => {
+                corral_agent::run(args).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Dev(args) => dev::run(args).await,
+            Command::Run(args) => run::run(args).await,
+            Command::Agents(args) => tables::agents(args).await,
+            Command::Frameworks(args) => tables::frameworks(args).await,
+            Command::Tasks(args) => tables::tasks(args).await,
+            Command::Certs(args) => certs::run(args),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("corral: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        // Without signal handlers the daemon can only be killed; wait forever.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}

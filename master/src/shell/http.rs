@@ -1,0 +1,277 @@
+//! The master's HTTP surface (axum): the v1 scheduler API and the read-only endpoints.
+//!
+//! Every route answers under both `/<name>` and `/master/<name>`, with or without a trailing
+//! slash, as Mesos does. Request bodies are capped before they are read. The scheduler API
+//! follows Mesos' handler step by step (method, Content-Type, body parse, call validation,
+//! Accept negotiation for SUBSCRIBE, stream id checks) with its status codes and texts.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use corral_wire::mesos::json::{self, JsonError};
+use corral_wire::mesos::v1::scheduler::{Call, call};
+use corral_wire::mesos::{APPLICATION_JSON, APPLICATION_PROTOBUF};
+use futures_util::Stream;
+use tokio::sync::{mpsc, oneshot};
+use tower::Layer as _;
+use tower_http::normalize_path::NormalizePathLayer;
+
+use super::{Encoding, Handle, Input, state};
+use crate::core::{CallError, CallResponse, heartbeat_event, validate_call};
+
+/// Largest request body accepted (Mesos has no limit; a cap keeps a hostile client from
+/// making the master allocate without bound).
+pub const MAX_BODY: usize = 8 << 20;
+
+/// Events buffered per subscriber before it counts as stuck and its stream is dropped.
+pub const STREAM_BUFFER: usize = 4096;
+
+/// Serves HTTP on `listener` until `stop` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    handle: Handle,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = NormalizePathLayer::trim_trailing_slash().layer(router(handle));
+    axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(app))
+        .with_graceful_shutdown(stop)
+        .await
+}
+
+/// The routes, each under `/x` and `/master/x`.
+pub fn router(handle: Handle) -> Router {
+    let mut r = Router::new();
+    for prefix in ["", "/master"] {
+        r = r
+            .route(&format!("{prefix}/api/v1/scheduler"), any(scheduler))
+            .route(&format!("{prefix}/health"), get(health))
+            .route(&format!("{prefix}/state"), get(state_handler))
+            .route(&format!("{prefix}/state.json"), get(state_handler))
+            .route(&format!("{prefix}/redirect"), get(redirect));
+    }
+    r.route("/version", get(version))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(handle)
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body.into()).into_response()
+}
+
+fn bad_request(body: impl Into<String>) -> Response {
+    text(StatusCode::BAD_REQUEST, body)
+}
+
+/// The media type of a Content-Type header, lower-cased, without parameters.
+fn media_type(v: &HeaderValue) -> String {
+    v.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase()
+}
+
+/// Whether the request's Accept headers allow `wanted` (absent header: anything).
+pub fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
+    let mut any_header = false;
+    let (wtype, _) = wanted.split_once('/').unwrap_or((wanted, ""));
+    for v in headers.get_all(header::ACCEPT) {
+        any_header = true;
+        for item in v.to_str().unwrap_or("").split(',') {
+            let mut parts = item.split(';');
+            let range = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .filter_map(|q| q.parse::<f32>().ok())
+                .next()
+                .unwrap_or(1.0);
+            if q <= 0.0 {
+                continue;
+            }
+            if range == wanted || range == "*/*" || range == format!("{wtype}/*") {
+                return true;
+            }
+        }
+    }
+    !any_header
+}
+
+async fn scheduler(State(handle): State<Handle>, method: Method, headers: HeaderMap, body: Bytes) -> Response {
+    if method != Method::POST {
+        return (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")], "").into_response();
+    }
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return bad_request("Expecting 'Content-Type' to be present");
+    };
+    let call: Call = match media_type(ct).as_str() {
+        APPLICATION_JSON => match json::from_slice::<Call>(&body) {
+            Ok(c) => c,
+            Err(JsonError::Syntax(e)) => return bad_request(format!("Failed to parse body into JSON: {e}")),
+            Err(JsonError::Convert(e)) => {
+                return bad_request(format!("Failed to convert JSON into Call protobuf: {e}"));
+            }
+        },
+        APPLICATION_PROTOBUF => match json::from_protobuf::<Call>(&body) {
+            Ok(c) => c,
+            Err(_) => return bad_request("Failed to parse body into Call protobuf"),
+        },
+        _ => {
+            return text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Expecting 'Content-Type' of {APPLICATION_JSON} or {APPLICATION_PROTOBUF}"),
+            );
+        }
+    };
+    if let Err(e) = validate_call(&call) {
+        return bad_request(format!("Failed to validate scheduler::Call: {e}"));
+    }
+    let stream_id = headers.get("Mesos-Stream-Id").map(|v| v.to_str().unwrap_or("").to_string());
+    if call.r#type() == call::Type::Subscribe {
+        let encoding = if accepts(&headers, APPLICATION_JSON) {
+            Encoding::Json
+        } else if accepts(&headers, APPLICATION_PROTOBUF) {
+            Encoding::Protobuf
+        } else {
+            return text(
+                StatusCode::NOT_ACCEPTABLE,
+                format!("Expecting 'Accept' to allow '{APPLICATION_PROTOBUF}' or '{APPLICATION_JSON}'"),
+            );
+        };
+        if stream_id.is_some() {
+            return bad_request("Subscribe calls should not include the 'Mesos-Stream-Id' header");
+        }
+        return subscribe(handle, call.subscribe.unwrap_or_default(), encoding, &headers).await;
+    }
+    let (reply, rx) = oneshot::channel();
+    if !handle.send(Input::Call { stream_id, call, reply }).await {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down");
+    }
+    match rx.await {
+        Ok(Ok(CallResponse::Accepted)) => StatusCode::ACCEPTED.into_response(),
+        Ok(Ok(CallResponse::Ok)) => StatusCode::OK.into_response(),
+        Ok(Err(CallError::BadRequest(m))) => bad_request(m),
+        Ok(Err(CallError::Forbidden(m))) => text(StatusCode::FORBIDDEN, m),
+        Ok(Err(CallError::NotImplemented)) => StatusCode::NOT_IMPLEMENTED.into_response(),
+        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down"),
+    }
+}
+
+async fn subscribe(handle: Handle, sub: call::Subscribe, encoding: Encoding, headers: &HeaderMap) -> Response {
+    let stream = handle.next_id();
+    let uuid = uuid::Uuid::new_v4().to_string();
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    if !handle.send(Input::Subscribe { stream, uuid: uuid.clone(), subscribe: sub, encoding, tx }).await {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down");
+    }
+    let _ = headers;
+    let interval = handle.heartbeat_interval;
+    let body = EventBody {
+        rx,
+        heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + interval, interval),
+        heartbeat_record: encoding.record(&heartbeat_event()),
+        guard: StreamGuard { handle, stream },
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, encoding.media_type())
+        .header("Mesos-Stream-Id", uuid)
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Tells the core when a subscriber's stream ends, however it ends (client gone, server
+/// closed it, master stopping).
+struct StreamGuard {
+    handle: Handle,
+    stream: u64,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.handle.send_control(Input::StreamClosed { stream: self.stream });
+    }
+}
+
+/// A subscriber's chunked body: one RecordIO record per chunk, a HEARTBEAT record whenever
+/// the interval elapses, ending when the core closes the stream.
+struct EventBody {
+    rx: mpsc::Receiver<Bytes>,
+    heartbeat: tokio::time::Interval,
+    heartbeat_record: Bytes,
+    #[allow(dead_code)]
+    guard: StreamGuard,
+}
+
+impl Stream for EventBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(b)) => return Poll::Ready(Some(Ok(b))),
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => {}
+        }
+        if self.heartbeat.poll_tick(cx).is_ready() {
+            return Poll::Ready(Some(Ok(self.heartbeat_record.clone())));
+        }
+        Poll::Pending
+    }
+}
+
+async fn health() -> StatusCode {
+    StatusCode::OK
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct JsonpQuery {
+    jsonp: Option<String>,
+}
+
+/// JSON, or JSONP when `?jsonp=callback` is given.
+pub fn json_response(value: &serde_json::Value, jsonp: Option<&str>) -> Response {
+    let body = value.to_string();
+    match jsonp.filter(|cb| !cb.is_empty() && cb.chars().all(|c| c.is_ascii_alphanumeric() || "_.$[]".contains(c))) {
+        Some(cb) => ([(header::CONTENT_TYPE, "text/javascript")], format!("{cb}({body});")).into_response(),
+        None => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+    }
+}
+
+async fn state_handler(State(handle): State<Handle>, Query(q): Query<JsonpQuery>) -> Response {
+    let flags = handle.flags.clone();
+    match handle.query(move |m| state::state(m, &flags)).await {
+        Some(v) => json_response(&v, q.jsonp.as_deref()),
+        None => text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down"),
+    }
+}
+
+async fn version(Query(q): Query<JsonpQuery>) -> Response {
+    json_response(&state::version(), q.jsonp.as_deref())
+}
+
+/// This master is always the leader until HA lands: redirect to itself.
+async fn redirect(State(handle): State<Handle>) -> Response {
+    let loc = format!("//{}:{}", handle.identity.hostname, handle.identity.port);
+    (StatusCode::TEMPORARY_REDIRECT, [(header::LOCATION, loc)]).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_negotiation() {
+        let mut h = HeaderMap::new();
+        assert!(accepts(&h, APPLICATION_JSON), "no header accepts anything");
+        h.append(header::ACCEPT, HeaderValue::from_static("application/x-protobuf"));
+        assert!(!accepts(&h, APPLICATION_JSON));
+        assert!(accepts(&h, APPLICATION_PROTOBUF));
+        h.append(header::ACCEPT, HeaderValue::from_static("text/html, application/*;q=0.5"));
+        assert!(accepts(&h, APPLICATION_JSON), "second header, wildcard subtype");
+        let mut h = HeaderMap::new();
+        h.append(header::ACCEPT, HeaderValue::from_static("application/json;q=0"));
+        assert!(!accepts(&h, APPLICATION_JSON));
+    }
+}

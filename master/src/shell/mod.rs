@@ -1,0 +1,384 @@
+//! The master's thin async shell around [`crate::core`]: one actor task owns the core and
+//! turns inputs (agent messages, scheduler calls, stream ends, timers) into core calls and the
+//! core's commands into I/O. The transports live beside it:
+//!
+//! - [`quic`]: the agent endpoint (QUIC over UDP, mutual TLS), one task per connection;
+//! - [`http`]: the Mesos HTTP API (axum over TCP) on the same port number.
+//!
+//! Everything the core decides goes through one ordered command queue, so a status update is
+//! forwarded, and a task launched, in the order the core emitted them.
+
+pub mod args;
+pub mod clock;
+pub mod http;
+pub mod quic;
+pub mod state;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use corral_wire::mesos::v1::scheduler::{Call, call};
+use corral_wire::proto::{AgentMessage, MasterMessage};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::core::{CallError, CallResponse, Command, ConnId, Identity, Master, StreamId};
+
+pub use args::MasterArgs;
+pub use clock::Clock;
+
+/// Errors that stop the master from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Tls(#[from] corral_wire::tls::TlsError),
+    #[error("invalid flag: {0}")]
+    Flag(String),
+    #[error("http server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// How an event stream encodes its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Json,
+    Protobuf,
+}
+
+impl Encoding {
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Encoding::Json => corral_wire::mesos::APPLICATION_JSON,
+            Encoding::Protobuf => corral_wire::mesos::APPLICATION_PROTOBUF,
+        }
+    }
+
+    /// One event as a RecordIO record.
+    pub fn record(self, event: &corral_wire::mesos::v1::scheduler::Event) -> Bytes {
+        let payload = match self {
+            Encoding::Json => corral_wire::mesos::json::to_string(event).into_bytes(),
+            Encoding::Protobuf => prost::Message::encode_to_vec(event),
+        };
+        corral_wire::recordio::encode(&payload)
+    }
+}
+
+/// What an agent connection task is told to do.
+#[derive(Debug)]
+pub enum Outbound {
+    Send(MasterMessage),
+    Close(String),
+}
+
+/// A query run inside the actor against the core (the HTTP views use it).
+pub type Query = Box<dyn FnOnce(&Master) + Send>;
+
+/// Inputs of the actor.
+pub enum Input {
+    AgentConnected { conn: ConnId, peer: SocketAddr, tx: mpsc::Sender<Outbound> },
+    AgentMessage { conn: ConnId, msg: AgentMessage },
+    AgentGone { conn: ConnId },
+    Subscribe {
+        stream: StreamId,
+        uuid: String,
+        subscribe: call::Subscribe,
+        encoding: Encoding,
+        tx: mpsc::Sender<Bytes>,
+    },
+    StreamClosed { stream: StreamId },
+    Call { stream_id: Option<String>, call: Call, reply: oneshot::Sender<Result<CallResponse, CallError>> },
+    Query(Query),
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::AgentConnected { conn, peer, .. } => write!(f, "AgentConnected({conn}, {peer})"),
+            Input::AgentMessage { conn, .. } => write!(f, "AgentMessage({conn})"),
+            Input::AgentGone { conn } => write!(f, "AgentGone({conn})"),
+            Input::Subscribe { stream, .. } => write!(f, "Subscribe({stream})"),
+            Input::StreamClosed { stream } => write!(f, "StreamClosed({stream})"),
+            Input::Call { .. } => write!(f, "Call"),
+            Input::Query(_) => write!(f, "Query"),
+        }
+    }
+}
+
+/// A handle to the running actor, shared by the transports.
+#[derive(Clone, Debug)]
+pub struct Handle {
+    tx: mpsc::Sender<Input>,
+    /// Stream ends and agent disconnections come from `Drop`s: never blocked, never lost.
+    control: mpsc::UnboundedSender<Input>,
+    next_id: Arc<std::sync::atomic::AtomicU64>,
+    pub identity: Arc<Identity>,
+    pub heartbeat_interval: Duration,
+    pub flags: Arc<Vec<(String, String)>>,
+}
+
+impl Handle {
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub async fn send(&self, input: Input) -> bool {
+        self.tx.send(input).await.is_ok()
+    }
+
+    pub fn send_control(&self, input: Input) {
+        let _ = self.control.send(input);
+    }
+
+    /// Runs `f` against the core and returns its result (None if the master is stopping).
+    pub async fn query<T: Send + 'static>(&self, f: impl FnOnce(&Master) -> T + Send + 'static) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        let q: Query = Box::new(move |m| {
+            let _ = tx.send(f(m));
+        });
+        if !self.send(Input::Query(q)).await {
+            return None;
+        }
+        rx.await.ok()
+    }
+}
+
+struct Sink {
+    tx: mpsc::Sender<Bytes>,
+    encoding: Encoding,
+}
+
+/// The actor: owns the core, applies inputs, performs commands.
+struct Actor {
+    master: Master,
+    clock: Clock,
+    agents: HashMap<ConnId, mpsc::Sender<Outbound>>,
+    streams: HashMap<StreamId, Sink>,
+}
+
+impl Actor {
+    fn apply(&mut self, input: Input) {
+        let now = self.clock.now();
+        match input {
+            Input::AgentConnected { conn, peer, tx } => {
+                tracing::debug!(conn, %peer, "agent connection established");
+                self.agents.insert(conn, tx);
+            }
+            Input::AgentMessage { conn, msg } => self.master.agent_message(now, conn, msg),
+            Input::AgentGone { conn } => {
+                self.agents.remove(&conn);
+                self.master.agent_disconnected(now, conn);
+            }
+            Input::Subscribe { stream, uuid, subscribe, encoding, tx } => {
+                self.streams.insert(stream, Sink { tx, encoding });
+                self.master.subscribe(now, stream, uuid, subscribe);
+            }
+            Input::StreamClosed { stream } => {
+                self.streams.remove(&stream);
+                self.master.stream_closed(now, stream);
+            }
+            Input::Call { stream_id, call, reply } => {
+                let _ = reply.send(self.master.call(now, stream_id.as_deref(), call));
+            }
+            Input::Query(q) => q(&self.master),
+        }
+    }
+
+    fn perform(&mut self) {
+        while let Some(cmd) = self.master.poll_command() {
+            match cmd {
+                Command::SendAgent { conn, msg } => {
+                    let Some(tx) = self.agents.get(&conn) else { continue };
+                    if tx.try_send(Outbound::Send(msg)).is_err() {
+                        // The connection task is gone or hopelessly behind: drop it.
+                        tracing::warn!(conn, "agent connection cannot keep up; closing it");
+                        let _ = tx.try_send(Outbound::Close("outbound queue full".into()));
+                        self.agents.remove(&conn);
+                        let now = self.clock.now();
+                        self.master.agent_disconnected(now, conn);
+                    }
+                }
+                Command::CloseAgent { conn, reason } => {
+                    if let Some(tx) = self.agents.remove(&conn) {
+                        let _ = tx.try_send(Outbound::Close(reason));
+                    }
+                }
+                Command::SendEvent { stream, event } => {
+                    let Some(sink) = self.streams.get(&stream) else { continue };
+                    let record = sink.encoding.record(&event);
+                    if sink.tx.try_send(record).is_err() {
+                        // A slow or stuck subscriber never blocks the master: its stream is
+                        // ended and the framework is treated as disconnected.
+                        tracing::warn!(stream, "subscriber too slow; closing its event stream");
+                        self.streams.remove(&stream);
+                        let now = self.clock.now();
+                        self.master.stream_closed(now, stream);
+                    }
+                }
+                Command::CloseStream { stream } => {
+                    self.streams.remove(&stream);
+                }
+            }
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Input>,
+        mut control: mpsc::UnboundedReceiver<Input>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        loop {
+            let wake = self.master.next_timeout().map(|t| self.clock.instant_at(t));
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(input) = control.recv() => self.apply(input),
+                Some(input) = rx.recv() => {
+                    self.apply(input);
+                    // Take what else is queued before polling, so bursts coalesce into one
+                    // allocation pass.
+                    for _ in 0..256 {
+                        match rx.try_recv() {
+                            Ok(input) => self.apply(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = sleep_until(wake) => {
+                    let now = self.clock.now();
+                    self.master.handle_timeout(now);
+                }
+            }
+            self.perform();
+        }
+        // Closing: end every stream and connection.
+        for (_, tx) in self.agents.drain() {
+            let _ = tx.try_send(Outbound::Close("master shutting down".into()));
+        }
+        self.streams.clear();
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The address clients should use when the master binds a wildcard address: the interface
+/// that routes outward, else loopback.
+pub fn default_advertise_ip(bind: IpAddr) -> Ipv4Addr {
+    match bind {
+        IpAddr::V4(v4) if !v4.is_unspecified() => v4,
+        _ => std::net::UdpSocket::bind("0.0.0.0:0")
+            .and_then(|s| {
+                s.connect("192.0.2.1:9")?;
+                s.local_addr()
+            })
+            .ok()
+            .and_then(|a| match a.ip() {
+                IpAddr::V4(v4) if !v4.is_unspecified() => Some(v4),
+                _ => None,
+            })
+            .unwrap_or(Ipv4Addr::LOCALHOST),
+    }
+}
+
+/// Runs a master until `shutdown` resolves.
+pub async fn run(args: MasterArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), MasterError> {
+    let config = args.core_config()?;
+    let tls = args.tls_files();
+    let server_config = corral_wire::tls::server_config(&tls)?;
+    let bind_ip: IpAddr = args.ip;
+    // HTTP (TCP) and the agent endpoint (UDP) share one port number.
+    let (listener, endpoint) = bind_pair(bind_ip, args.port, server_config)?;
+    let port = listener.local_addr().map_err(MasterError::Http)?.port();
+    let advertise = args.advertise_ip.unwrap_or_else(|| default_advertise_ip(bind_ip));
+    let hostname = args.hostname.clone().unwrap_or_else(|| advertise.to_string());
+    let identity = Identity {
+        id: uuid::Uuid::new_v4().to_string(),
+        hostname,
+        ip: advertise,
+        port,
+        version: corral_wire::MESOS_COMPAT_VERSION.to_string(),
+    };
+    let clock = Clock::new();
+    let heartbeat_interval = config.heartbeat_interval;
+    let master = Master::new(config, identity.clone(), clock.now());
+    let (tx, rx) = mpsc::channel(4096);
+    let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
+    let handle = Handle {
+        tx,
+        control: ctl_tx,
+        next_id: Arc::new(std::sync::atomic::AtomicU64::new(1)),
+        identity: Arc::new(identity.clone()),
+        heartbeat_interval,
+        flags: Arc::new(args.flag_list()),
+    };
+    tracing::info!(
+        master_id = %identity.id,
+        url = %format!("http://{}:{port}", identity.ip),
+        "corral master listening (HTTP on tcp/{port}, agents on udp/{port})"
+    );
+    let actor = Actor { master, clock, agents: HashMap::new(), streams: HashMap::new() };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let actor_task = tokio::spawn(actor.run(rx, ctl_rx, {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.changed().await;
+        }
+    }));
+    let quic_task = tokio::spawn(quic::serve(endpoint.clone(), handle.clone(), args.max_frame));
+    let http_stop = {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.changed().await;
+        }
+    };
+    let http_task = tokio::spawn(http::serve(listener, handle.clone(), http_stop));
+    shutdown.await;
+    tracing::info!("master shutting down");
+    let _ = stop_tx.send(true);
+    endpoint.close(0u32.into(), b"master shutting down");
+    let _ = tokio::time::timeout(Duration::from_secs(5), actor_task).await;
+    quic_task.abort();
+    match tokio::time::timeout(Duration::from_secs(5), http_task).await {
+        Ok(Ok(Err(e))) => return Err(MasterError::Http(e)),
+        _ => {}
+    }
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
+/// Binds TCP and UDP on the same port. With port 0, retries until a port free for both is
+/// found.
+fn bind_pair(
+    ip: IpAddr,
+    port: u16,
+    server_config: quinn::ServerConfig,
+) -> Result<(tokio::net::TcpListener, quinn::Endpoint), MasterError> {
+    let mut last = None;
+    for _ in 0..if port == 0 { 20 } else { 1 } {
+        let addr = SocketAddr::new(ip, port);
+        let std_listener = std::net::TcpListener::bind(addr)
+            .map_err(|source| MasterError::Bind { what: "http (tcp)", addr, source })?;
+        std_listener.set_nonblocking(true).map_err(MasterError::Http)?;
+        let bound = std_listener.local_addr().map_err(MasterError::Http)?;
+        match quinn::Endpoint::server(server_config.clone(), bound) {
+            Ok(endpoint) => {
+                let listener =
+                    tokio::net::TcpListener::from_std(std_listener).map_err(MasterError::Http)?;
+                return Ok((listener, endpoint));
+            }
+            Err(source) => last = Some(MasterError::Bind { what: "agent endpoint (udp)", addr: bound, source }),
+        }
+    }
+    Err(last.unwrap_or(MasterError::Flag("no port".into())))
+}

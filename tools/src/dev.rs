@@ -1,0 +1,253 @@
+//! `corral dev`: a local cluster — a standalone master and N agents, each its own child
+//! process (so any one can be killed alone), with a throwaway CA in the work dir. Ctrl-C stops
+//! the agents (which kill their tasks and remove their cgroups), then the master, and checks
+//! that nothing is left behind.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use corral_tools::client::{self, MasterAddr};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Number of agents.
+    #[arg(long, default_value_t = 1)]
+    agents: u16,
+    /// Master port (HTTP and agents); agents' HTTP ports follow it (PORT+1, PORT+2, ...).
+    #[arg(long, default_value_t = 5050)]
+    port: u16,
+    /// Directory for certificates, logs and the agents' sandboxes.
+    #[arg(long, default_value = ".corral-dev")]
+    work_dir: PathBuf,
+    /// Resources each agent offers (Mesos syntax, e.g. `cpus:2;mem:2048`); default: detected.
+    #[arg(long)]
+    agent_resources: Option<String>,
+    /// cgroup2 mount the agents put tasks under (default: detected).
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+}
+
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    cgroup_parent: Option<String>,
+}
+
+impl Proc {
+    fn pid(&self) -> Option<Pid> {
+        self.child.id().map(|p| Pid::from_raw(p as i32))
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`. Returns whether it exited on SIGTERM.
+    async fn stop(&mut self, grace: Duration) -> bool {
+        if let Some(pid) = self.pid() {
+            let _ = kill(pid, Signal::SIGTERM);
+        }
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(_) => true,
+            Err(_) => {
+                eprintln!("corral dev: {} did not stop in {grace:?}; killing it", self.name);
+                let _ = self.child.kill().await;
+                false
+            }
+        }
+    }
+}
+
+fn spawn(name: &str, args: &[String], log: &Path) -> anyhow::Result<Proc> {
+    let exe = std::env::current_exe().context("locating the corral binary")?;
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Proc { name: name.into(), child, log: log.into(), cgroup_parent: None })
+}
+
+/// The cgroup2 mount agents use when not told otherwise (same rule as the agent's).
+fn detect_cgroup_root() -> Option<PathBuf> {
+    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].into_iter().map(PathBuf::from).find(|p| {
+        nix::sys::statfs::statfs(p)
+            .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+            .unwrap_or(false)
+    })
+}
+
+/// Kills whatever is left in an agent's cgroup subtree and removes it. Returns what was
+/// found, for the report.
+fn clean_cgroup(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return found };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.push(p.display().to_string());
+            found.extend(clean_cgroup(&p));
+        }
+    }
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    for _ in 0..100 {
+        let populated = std::fs::read_to_string(dir.join("cgroup.events"))
+            .map(|s| s.lines().any(|l| l == "populated 1"))
+            .unwrap_or(false);
+        if !populated {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir(dir);
+    found
+}
+
+async fn wait_ready(master: &MasterAddr, agents: usize, procs: &mut [Proc]) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        for p in procs.iter_mut() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                bail!("{} exited during start-up ({status}); see {}", p.name, p.log.display());
+            }
+        }
+        if let Ok(st) = client::state(master).await {
+            let n = st["slaves"].as_array().map(|a| a.len()).unwrap_or(0);
+            if n >= agents {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the cluster did not come up within 30 s; logs are in the work dir");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&args.work_dir).with_context(|| format!("creating {}", args.work_dir.display()))?;
+    let work = std::fs::canonicalize(&args.work_dir)?;
+    let tls = work.join("tls");
+    if !tls.join("ca.pem").exists() {
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        if let Ok(h) = nix::unistd::gethostname()
+            && let Ok(h) = h.into_string()
+        {
+            names.push(h);
+        }
+        corral_wire::tls::write_cluster(&tls, &names).context("making the dev cluster's CA")?;
+    }
+    let master_addr: MasterAddr = format!("127.0.0.1:{}", args.port).parse()?;
+    let master = spawn(
+        "master",
+        &[
+            "master".into(),
+            "--ip".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            args.port.to_string(),
+            "--work-dir".into(),
+            work.join("master").display().to_string(),
+            "--tls-dir".into(),
+            tls.display().to_string(),
+        ],
+        &work.join("master.log"),
+    )?;
+    let cgroup_root = args.cgroup_root.clone().or_else(detect_cgroup_root);
+    let mut agents = Vec::new();
+    for i in 0..args.agents {
+        let port = args.port + 1 + i;
+        let parent = format!("corral-dev-agent-{port}");
+        let mut a = vec![
+            "agent".to_string(),
+            "--master".into(),
+            master_addr.host_port().into(),
+            "--port".into(),
+            port.to_string(),
+            "--advertise-ip".into(),
+            "127.0.0.1".into(),
+            "--work-dir".into(),
+            work.join(format!("agent-{port}")).display().to_string(),
+            "--tls-dir".into(),
+            tls.display().to_string(),
+            "--cgroup-parent".into(),
+            parent.clone(),
+        ];
+        if let Some(r) = &args.agent_resources {
+            a.extend(["--resources".into(), r.clone()]);
+        }
+        if let Some(root) = &args.cgroup_root {
+            a.extend(["--cgroup-root".into(), root.display().to_string()]);
+        }
+        let mut p = spawn(&format!("agent {port}"), &a, &work.join(format!("agent-{port}.log")))?;
+        p.cgroup_parent = Some(parent);
+        agents.push(p);
+    }
+    let mut all: Vec<Proc> = Vec::new();
+    all.push(master);
+    all.append(&mut agents);
+    if let Err(e) = wait_ready(&master_addr, usize::from(args.agents), &mut all).await {
+        stop_all(&mut all, cgroup_root.as_deref()).await;
+        return Err(e);
+    }
+    println!("Corral dev cluster is up: master {master_addr} with {} agent(s).", args.agents);
+    println!("  state:   curl {master_addr}/state");
+    println!("  run:     corral run --master {} -- echo hello", master_addr.host_port());
+    println!("  list:    corral agents | corral frameworks | corral tasks");
+    println!("  logs:    {}/*.log", work.display());
+    println!("Ctrl-C stops everything.");
+
+    let stop = crate::shutdown_signal();
+    tokio::pin!(stop);
+    let mut code = ExitCode::SUCCESS;
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                let mut master_died = false;
+                for (i, p) in all.iter_mut().enumerate() {
+                    if let Ok(Some(status)) = p.child.try_wait() && !p.name.ends_with("(exited)") {
+                        eprintln!("corral dev: {} exited ({status}); see {}", p.name, p.log.display());
+                        p.name.push_str(" (exited)");
+                        master_died |= i == 0;
+                    }
+                }
+                if master_died {
+                    code = ExitCode::FAILURE;
+                    break;
+                }
+            }
+        }
+    }
+    eprintln!("corral dev: stopping");
+    stop_all(&mut all, cgroup_root.as_deref()).await;
+    Ok(code)
+}
+
+/// Stops agents first (they kill their tasks and remove their cgroups), then the master;
+/// removes any cgroup an agent left behind and says so.
+async fn stop_all(procs: &mut [Proc], cgroup_root: Option<&Path>) {
+    let (master, agents) = procs.split_at_mut(1);
+    for a in agents.iter_mut() {
+        let clean = a.stop(Duration::from_secs(20)).await;
+        if let (Some(root), Some(parent)) = (cgroup_root, &a.cgroup_parent) {
+            let dir = root.join(parent);
+            if dir.exists() {
+                let left = clean_cgroup(&dir);
+                if clean {
+                    eprintln!("corral dev: {} left cgroups behind; removed {left:?}", a.name);
+                }
+            }
+        }
+    }
+    for m in master.iter_mut() {
+        m.stop(Duration::from_secs(10)).await;
+    }
+}

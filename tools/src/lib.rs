@@ -1,0 +1,5 @@
+//! Library side of the `corral` binary: a Rust client of the master's HTTP API ([`client`]),
+//! shared by the CLI commands, the integration tests and the bench driver.
+#![forbid(unsafe_code)]
+
+pub mod client;
