@@ -1,1 +1,46 @@
-//! placeholder
+//! The Corral agent: runs on every machine, registers with the master over QUIC, runs command
+//! tasks each in its own cgroup v2 directory, and reports their status reliably.
+//!
+//! How data flows:
+//!
+//! - [`core`] is the whole of the agent's decision making, sans-I/O: the task table, the
+//!   per-task status-update queues with retry and backoff, acknowledgement matching and the
+//!   kill grace timers. Events go in with the time (`handle(now, event)`), commands come out
+//!   (`poll_command()`), and `next_timeout()` says when to call back. It reads no clock,
+//!   touches no file and owns no socket, so it is unit-tested with a fake clock.
+//! - The shell ([`run`], in `shell`) owns everything else and only translates: the QUIC
+//!   connection to the master (`conn`), the per-container monitors that prepare a sandbox,
+//!   create the cgroup and spawn the per-task init (`launch`), signals, and the HTTP API
+//!   (`http`), which reads the core's task table.
+//! - The per-task init ([`task_init_main`], in `shim`) is the `corral __task-init` process
+//!   between the agent and a task: it is spawned straight into the task's cgroup in its own
+//!   session, starts the task, forwards kill signals to it, and reports its exit both over a
+//!   pipe and in a file, so it outlives an agent that dies.
+//! - `cgroup` is the small cgroup v2 module (rooted at a configurable cgroup2 mount), `host`
+//!   detects what the machine offers, `paths` owns the on-disk layout, and `sys` holds the
+//!   crate's only `unsafe` code (the hooks that run between fork and exec).
+#![deny(unsafe_code)]
+
+mod args;
+pub mod cgroup;
+mod clock;
+mod conn;
+pub mod core;
+mod error;
+mod host;
+mod http;
+mod launch;
+mod paths;
+mod shell;
+mod shim;
+#[allow(unsafe_code)]
+mod sys;
+
+pub use args::AgentArgs;
+pub use error::AgentError;
+pub use shell::{run, run_until};
+pub use shim::task_init_main;
+
+/// `argv[1]` of the per-task init: the `corral` binary calls [`task_init_main`] when it sees
+/// it, before it starts any runtime.
+pub const TASK_INIT_ARG: &str = "__task-init";

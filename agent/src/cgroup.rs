@@ -1,0 +1,304 @@
+//! cgroup v2, by hand, rooted at a configurable cgroup2 mount: `/sys/fs/cgroup` on pure-v2
+//! hosts, `/sys/fs/cgroup/unified` on hybrid ones. Only the unified hierarchy is ever touched;
+//! a path that is not cgroup2 (statfs magic) is refused, so the agent cannot write into a v1
+//! controller tree by mistake.
+//!
+//! A [`Cgroup`] is just a directory path: create, list and kill its processes
+//! (`cgroup.kill`), watch `cgroup.events`, remove. Joining one happens between fork and exec
+//! (see `sys::spawn_in_cgroup`), with the `cgroup.procs` file that [`Cgroup::open_procs`]
+//! opens beforehand. The file parsing is pure so it is tested on fixture files.
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::io::{ErrorKind, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where cgroup2 is looked for when no root is given, in order.
+pub const DEFAULT_ROOTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("{path} is not a cgroup2 mount")]
+    NotCgroup2 { path: PathBuf },
+    #[error("no cgroup2 mount at {} or {}; mount one or pass --cgroup-root", DEFAULT_ROOTS[0], DEFAULT_ROOTS[1])]
+    NoCgroup2,
+    #[error("cannot {op} {path}: {source}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    #[error("cgroup {path} still has processes {waited:?} after cgroup.kill")]
+    StillPopulated { path: PathBuf, waited: Duration },
+    #[error("unexpected contents in {path}: {what}")]
+    Parse { path: PathBuf, what: String },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> CgroupError + 'a {
+    move |source| CgroupError::Io { op, path: path.to_path_buf(), source }
+}
+
+/// Whether `path` is on a cgroup2 mount (statfs `f_type` is `CGROUP2_SUPER_MAGIC`,
+/// 0x63677270).
+pub fn is_cgroup2(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+}
+
+/// The cgroup2 root to use: `given` if it is cgroup2, else the first of [`DEFAULT_ROOTS`]
+/// that is.
+pub fn find_root(given: Option<&Path>) -> Result<PathBuf, CgroupError> {
+    match given {
+        Some(p) if is_cgroup2(p) => Ok(p.to_path_buf()),
+        Some(p) => Err(CgroupError::NotCgroup2 { path: p.to_path_buf() }),
+        None => DEFAULT_ROOTS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| is_cgroup2(p))
+            .ok_or(CgroupError::NoCgroup2),
+    }
+}
+
+/// The limits that cannot be enforced with `controllers` available, in words.
+pub fn not_enforced(controllers: &[String]) -> Vec<String> {
+    [("cpu", "cpus"), ("memory", "memory"), ("pids", "pids")]
+        .into_iter()
+        .filter(|(c, _)| !controllers.iter().any(|have| have == c))
+        .map(|(_, what)| format!("{what}: not enforced"))
+        .collect()
+}
+
+/// Reads `populated` from the text of a `cgroup.events` file.
+pub fn parse_populated(events: &str) -> Option<bool> {
+    events.lines().find_map(|l| match l.split_once(' ') {
+        Some(("populated", v)) => Some(v.trim() == "1"),
+        _ => None,
+    })
+}
+
+/// One cgroup directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(path: impl Into<PathBuf>) -> Cgroup {
+        Cgroup { path: path.into() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn child(&self, name: &str) -> Cgroup {
+        Cgroup::new(self.path.join(name))
+    }
+
+    fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Creates the directory (and missing parents); an existing one is fine.
+    pub fn create(&self) -> Result<(), CgroupError> {
+        fs::create_dir_all(&self.path).map_err(io_err("create cgroup", &self.path))
+    }
+
+    pub fn exists(&self) -> bool {
+        self.path.is_dir()
+    }
+
+    /// Opens `cgroup.procs` for writing, for a child to join between fork and exec.
+    pub fn open_procs(&self) -> Result<fs::File, CgroupError> {
+        let p = self.file("cgroup.procs");
+        fs::OpenOptions::new().write(true).open(&p).map_err(io_err("open", &p))
+    }
+
+    /// The pids in this cgroup (not its children).
+    pub fn procs(&self) -> Result<Vec<i32>, CgroupError> {
+        let p = self.file("cgroup.procs");
+        let text = fs::read_to_string(&p).map_err(io_err("read", &p))?;
+        text.lines()
+            .map(|l| {
+                l.trim().parse().map_err(|_| CgroupError::Parse { path: p.clone(), what: l.into() })
+            })
+            .collect()
+    }
+
+    /// The controllers available in this cgroup (`cgroup.controllers`).
+    pub fn controllers(&self) -> Result<Vec<String>, CgroupError> {
+        let p = self.file("cgroup.controllers");
+        let text = fs::read_to_string(&p).map_err(io_err("read", &p))?;
+        Ok(text.split_whitespace().map(String::from).collect())
+    }
+
+    /// Whether any process is in this cgroup or below (`cgroup.events`).
+    pub fn populated(&self) -> Result<bool, CgroupError> {
+        let p = self.file("cgroup.events");
+        let text = fs::read_to_string(&p).map_err(io_err("read", &p))?;
+        parse_populated(&text)
+            .ok_or_else(|| CgroupError::Parse { path: p, what: "no 'populated' line".into() })
+    }
+
+    /// SIGKILLs every process in this cgroup and below (`cgroup.kill`, Linux 5.14+).
+    pub fn kill(&self) -> Result<(), CgroupError> {
+        let p = self.file("cgroup.kill");
+        let mut f = fs::OpenOptions::new().write(true).open(&p).map_err(io_err("open", &p))?;
+        f.write_all(b"1").map_err(io_err("write", &p))
+    }
+
+    /// The names of the child cgroups.
+    pub fn children(&self) -> Result<Vec<String>, CgroupError> {
+        let entries = fs::read_dir(&self.path).map_err(io_err("list", &self.path))?;
+        let mut out = Vec::new();
+        for e in entries {
+            let e = e.map_err(io_err("list", &self.path))?;
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes the (empty) cgroup; one that is already gone is fine. A cgroup whose last
+    /// process has just died can still be busy for a moment, so `EBUSY` is retried briefly.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        let mut tries = 0;
+        loop {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(source) => {
+                    return Err(CgroupError::Io {
+                        op: "remove cgroup",
+                        path: self.path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Kills whatever is left in the cgroup, waits until it is empty (at most `timeout`) and
+    /// removes it. Blocking: call it off the async runtime.
+    pub fn destroy(&self, timeout: Duration) -> Result<(), CgroupError> {
+        if !self.exists() {
+            return Ok(());
+        }
+        if self.populated()? {
+            self.kill()?;
+            let step = Duration::from_millis(2);
+            let mut waited = Duration::ZERO;
+            while self.populated()? {
+                if waited >= timeout {
+                    return Err(CgroupError::StillPopulated { path: self.path.clone(), waited });
+                }
+                std::thread::sleep(step);
+                waited += step;
+            }
+        }
+        self.remove()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_and_controllers_parse_from_fixture_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cg = Cgroup::new(dir.path());
+        fs::write(dir.path().join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        fs::write(dir.path().join("cgroup.controllers"), "cpu memory pids\n").unwrap();
+        fs::write(dir.path().join("cgroup.procs"), "12\n345\n").unwrap();
+        assert!(cg.populated().unwrap());
+        assert_eq!(cg.controllers().unwrap(), vec!["cpu", "memory", "pids"]);
+        assert_eq!(cg.procs().unwrap(), vec![12, 345]);
+        fs::write(dir.path().join("cgroup.events"), "frozen 0\npopulated 0\n").unwrap();
+        assert!(!cg.populated().unwrap());
+        fs::write(dir.path().join("cgroup.events"), "frozen 0\n").unwrap();
+        assert!(matches!(cg.populated(), Err(CgroupError::Parse { .. })));
+        fs::write(dir.path().join("cgroup.procs"), "x\n").unwrap();
+        assert!(matches!(cg.procs(), Err(CgroupError::Parse { .. })));
+        let err = Cgroup::new(dir.path().join("nope")).populated().unwrap_err();
+        assert!(err.to_string().contains("nope/cgroup.events"), "errors name the path: {err}");
+    }
+
+    #[test]
+    fn missing_controllers_are_reported_as_not_enforced() {
+        assert_eq!(
+            not_enforced(&["hugetlb".to_string()]),
+            vec!["cpus: not enforced", "memory: not enforced", "pids: not enforced"]
+        );
+        assert!(
+            not_enforced(&["cpu".into(), "memory".into(), "pids".into(), "io".into()]).is_empty()
+        );
+        assert_eq!(not_enforced(&["cpu".into(), "pids".into()]), vec!["memory: not enforced"]);
+    }
+
+    #[test]
+    fn a_plain_directory_is_not_cgroup2() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!is_cgroup2(dir.path()));
+        assert!(matches!(find_root(Some(dir.path())), Err(CgroupError::NotCgroup2 { .. })));
+    }
+
+    /// A real cgroup2 root to test against, or why the test is skipped.
+    fn real_root() -> Option<PathBuf> {
+        if !nix::unistd::geteuid().is_root() {
+            println!("SKIPPED: cgroup tests need root");
+            return None;
+        }
+        match find_root(None) {
+            Ok(root) => Some(root),
+            Err(e) => {
+                println!("SKIPPED: {e}");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn real_cgroup_create_spawn_into_kill_remove() {
+        let Some(root) = real_root() else { return };
+        let parent = Cgroup::new(root.join(format!("corral-unit-{}", std::process::id())));
+        parent.create().unwrap();
+        let cg = parent.child("c1");
+        cg.create().unwrap();
+        assert!(!cg.populated().unwrap());
+
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let result = rt.block_on(async {
+            let mut cmd = tokio::process::Command::new("sleep");
+            cmd.arg("60").kill_on_drop(true);
+            let child = crate::sys::spawn_in_cgroup(cmd, cg.open_procs()?)
+                .map_err(|e| CgroupError::Io { op: "spawn", path: cg.path().into(), source: e })?;
+            Ok::<_, CgroupError>(child)
+        });
+        let mut child = result.unwrap();
+        let pid = child.id().unwrap() as i32;
+        // It runs in the cgroup from its first instruction: /proc shows the path.
+        let rel = cg.path().strip_prefix(&root).unwrap();
+        let proc_cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        assert!(
+            proc_cgroup.lines().any(|l| l == format!("0::/{}", rel.display())),
+            "{proc_cgroup}"
+        );
+        assert_eq!(cg.procs().unwrap(), vec![pid]);
+        assert!(cg.populated().unwrap());
+        // The parent's children and the removal of a busy cgroup.
+        assert_eq!(parent.children().unwrap(), vec!["c1"]);
+        assert!(cg.remove().is_err(), "a populated cgroup cannot be removed");
+
+        cg.destroy(Duration::from_secs(5)).unwrap();
+        let status = rt.block_on(child.wait()).unwrap();
+        use std::os::unix::process::ExitStatusExt as _;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(!cg.exists());
+        cg.destroy(Duration::from_secs(1)).unwrap();
+        parent.remove().unwrap();
+        assert!(!parent.exists());
+    }
+}

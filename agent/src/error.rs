@@ -1,0 +1,27 @@
+//! The error [`crate::run`] returns: what stopped the agent from starting, or the master's
+//! refusal. Errors of a single task never end up here: they become status updates.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+
+use crate::cgroup::CgroupError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("invalid --{flag}: {why}")]
+    Flag { flag: &'static str, why: String },
+    #[error("tls: {0}")]
+    Tls(#[from] corral_wire::tls::TlsError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("cannot prepare the work dir {path}: {source}")]
+    WorkDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot listen for http on {addr}: {source}")]
+    HttpBind { addr: String, source: std::io::Error },
+    #[error("cannot install the {what} signal handler: {source}")]
+    Signals { what: &'static str, source: std::io::Error },
+    #[error("cannot find this executable (pass --launcher): {0}")]
+    Launcher(std::io::Error),
+    #[error("the master refused this agent: {reason}")]
+    Refused { reason: String },
+}

@@ -1,0 +1,329 @@
+//! The agent's HTTP API (a subset of Mesos' agent endpoints): `/health`, `/state` (also as
+//! `/slave(1)/state`), `/files/read` and `/files/download`. Handlers are thin: state comes from
+//! the core's task table (read under its lock, never across an await), files from the work
+//! directory only.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use corral_wire::mesos::is_terminal;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::core::{Core, TaskRecord};
+use crate::paths;
+
+/// The core, shared between the shell's loop (which drives it) and the HTTP handlers (which
+/// read it).
+pub type SharedCore = Arc<Mutex<Core>>;
+
+/// Locks the core. A panic while it was held cannot leave it half-updated in a way readers
+/// care about, so a poisoned lock is used as is.
+pub fn lock(core: &SharedCore) -> MutexGuard<'_, Core> {
+    core.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The most `/files/read` returns at once.
+pub const MAX_READ: u64 = 1 << 20;
+
+#[derive(Debug)]
+pub struct HttpState {
+    pub core: SharedCore,
+    /// Canonical.
+    pub work_dir: PathBuf,
+}
+
+pub fn router(state: Arc<HttpState>) -> Router {
+    Router::new()
+        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/state", get(state_handler))
+        .route("/slave(1)/state", get(state_handler))
+        .route("/files/read", get(files_read))
+        .route("/files/download", get(files_download))
+        .with_state(state)
+}
+
+async fn state_handler(State(s): State<Arc<HttpState>>) -> Response {
+    let body = state_json(&lock(&s.core), &s.work_dir);
+    axum::Json(body).into_response()
+}
+
+/// The agent's state in the shape of Mesos' agent `/state` (the subset Corral fills).
+/// Live tasks sit in their executor's `tasks` (or `completed_tasks` once terminal); tasks the
+/// agent has forgotten are kept (bounded) as the framework's `completed_executors`, so a
+/// client that just saw a task end can still find its sandbox.
+pub fn state_json(core: &Core, work_dir: &Path) -> Value {
+    let reg = core.registration();
+    let agent_id = core.agent_id().unwrap_or_default();
+    let mut frameworks: BTreeMap<String, (Value, Vec<Value>, Vec<Value>)> = BTreeMap::new();
+    let mut add = |t: &TaskRecord, completed: bool| {
+        let Some(executor) = executor_json(t, work_dir) else { return };
+        let f = frameworks.entry(t.framework.id.clone()).or_insert_with(|| {
+            let info = json!({
+                "id": t.framework.id,
+                "name": t.framework.name,
+                "user": t.framework.user,
+                "role": t.framework.role,
+            });
+            (info, Vec::new(), Vec::new())
+        });
+        if completed { f.2.push(executor) } else { f.1.push(executor) }
+    };
+    for t in core.tasks() {
+        add(t, false);
+    }
+    for t in core.completed() {
+        add(t, true);
+    }
+    let frameworks: Vec<Value> = frameworks
+        .into_values()
+        .map(|(mut info, executors, completed)| {
+            info["executors"] = Value::Array(executors);
+            info["completed_executors"] = Value::Array(completed);
+            info
+        })
+        .collect();
+    json!({
+        "id": agent_id,
+        "hostname": reg.hostname,
+        "pid": format!("slave(1)@{}:{}", reg.http_address, reg.http_port),
+        "version": corral_wire::MESOS_COMPAT_VERSION,
+        "corral_version": reg.version,
+        "resources": reg.resources.to_summary_json(),
+        "isolation": {
+            "cgroup_root": reg.isolation.cgroup_root,
+            "controllers": reg.isolation.controllers,
+            "not_enforced": reg.isolation.not_enforced,
+        },
+        "frameworks": frameworks,
+        "completed_frameworks": [],
+    })
+}
+
+/// A task's command executor, or `None` for a task refused before it had a container.
+fn executor_json(t: &TaskRecord, work_dir: &Path) -> Option<Value> {
+    let container_id = t.container_id.as_deref()?;
+    let task_id = &t.spec.task_id;
+    let directory = paths::sandbox(work_dir, &t.agent_id, &t.framework.id, task_id, container_id);
+    let command = t.spec.command.value.as_deref().unwrap_or_default();
+    let task = json!({
+        "id": task_id,
+        "name": t.spec.name,
+        "framework_id": t.framework.id,
+        "executor_id": task_id,
+        "slave_id": t.agent_id,
+        "state": t.state.as_str_name(),
+        "resources": t.spec.resources.to_summary_json(),
+    });
+    let (tasks, completed) =
+        if is_terminal(t.state) { (vec![], vec![task]) } else { (vec![task], vec![]) };
+    Some(json!({
+        "id": task_id,
+        "name": format!("Command Executor (Task: {task_id}) (Command: {command})"),
+        "source": task_id,
+        "framework_id": t.framework.id,
+        "container": container_id,
+        "directory": directory.to_string_lossy(),
+        "resources": t.spec.resources.to_summary_json(),
+        "tasks": tasks,
+        "queued_tasks": [],
+        "completed_tasks": completed,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct FilesQuery {
+    path: String,
+    offset: Option<i64>,
+    length: Option<i64>,
+}
+
+/// Why a file request was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FilesError {
+    BadRequest(String),
+    Forbidden,
+    NotFound,
+    Internal(String),
+}
+
+impl IntoResponse for FilesError {
+    fn into_response(self) -> Response {
+        match self {
+            FilesError::BadRequest(m) => (StatusCode::BAD_REQUEST, m).into_response(),
+            FilesError::Forbidden => (StatusCode::FORBIDDEN, "Access denied").into_response(),
+            FilesError::NotFound => (StatusCode::NOT_FOUND, "File not found").into_response(),
+            FilesError::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m).into_response(),
+        }
+    }
+}
+
+/// Opens `path` for reading if it resolves (symlinks and `..` included) to a regular file
+/// inside `work_dir` (canonical). A relative path is taken relative to `work_dir`.
+pub fn open_inside(work_dir: &Path, path: &str) -> Result<(fs::File, u64), FilesError> {
+    let full = work_dir.join(path);
+    let canonical = match full.canonicalize() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FilesError::NotFound),
+        Err(_) => return Err(FilesError::Forbidden),
+    };
+    if !canonical.starts_with(work_dir) {
+        return Err(FilesError::Forbidden);
+    }
+    // O_NOFOLLOW: a last component swapped for a symlink since canonicalize is refused.
+    let file =
+        fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&canonical).map_err(
+            |e| match e.kind() {
+                std::io::ErrorKind::NotFound => FilesError::NotFound,
+                _ => FilesError::Forbidden,
+            },
+        )?;
+    let meta = file.metadata().map_err(|e| FilesError::Internal(e.to_string()))?;
+    if meta.is_dir() {
+        return Err(FilesError::BadRequest("Cannot read a directory".into()));
+    }
+    Ok((file, meta.len()))
+}
+
+/// `/files/read`: up to `length` (capped at [`MAX_READ`]) bytes at `offset`; `offset = -1`
+/// asks for the size only. Returns the data (lossy UTF-8) and the offset it starts at.
+pub fn read_chunk(
+    work_dir: &Path,
+    path: &str,
+    offset: Option<i64>,
+    length: Option<i64>,
+) -> Result<(String, u64), FilesError> {
+    let (mut file, size) = open_inside(work_dir, path)?;
+    let offset = match offset {
+        None => 0,
+        Some(-1) => return Ok((String::new(), size)),
+        Some(o) if o < 0 => return Err(FilesError::BadRequest(format!("Negative offset {o}"))),
+        Some(o) => o as u64,
+    };
+    let length = match length {
+        None | Some(-1) => MAX_READ,
+        Some(l) if l < 0 => return Err(FilesError::BadRequest(format!("Negative length {l}"))),
+        Some(l) => (l as u64).min(MAX_READ),
+    };
+    if offset >= size {
+        return Ok((String::new(), offset));
+    }
+    let mut buf = Vec::new();
+    file.seek(SeekFrom::Start(offset)).map_err(|e| FilesError::Internal(e.to_string()))?;
+    file.take(length.min(size - offset))
+        .read_to_end(&mut buf)
+        .map_err(|e| FilesError::Internal(e.to_string()))?;
+    Ok((String::from_utf8_lossy(&buf).into_owned(), offset))
+}
+
+async fn files_read(State(s): State<Arc<HttpState>>, Query(q): Query<FilesQuery>) -> Response {
+    let work_dir = s.work_dir.clone();
+    let result =
+        tokio::task::spawn_blocking(move || read_chunk(&work_dir, &q.path, q.offset, q.length))
+            .await;
+    match result {
+        Ok(Ok((data, offset))) => {
+            axum::Json(json!({ "data": data, "offset": offset })).into_response()
+        }
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => FilesError::Internal(e.to_string()).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct DownloadQuery {
+    path: String,
+}
+
+async fn files_download(
+    State(s): State<Arc<HttpState>>,
+    Query(q): Query<DownloadQuery>,
+) -> Response {
+    let work_dir = s.work_dir.clone();
+    let path = q.path.clone();
+    let opened = tokio::task::spawn_blocking(move || open_inside(&work_dir, &path)).await;
+    let (file, size) = match opened {
+        Ok(Ok(f)) => f,
+        Ok(Err(e)) => return e.into_response(),
+        Err(e) => return FilesError::Internal(e.to_string()).into_response(),
+    };
+    let name = Path::new(&q.path)
+        .file_name()
+        .map(|n| n.to_string_lossy().replace('"', ""))
+        .unwrap_or_else(|| "download".into());
+    let chunks =
+        futures_util::stream::unfold(tokio::fs::File::from_std(file), |mut f| async move {
+            use tokio::io::AsyncReadExt as _;
+            let mut buf = vec![0u8; 64 * 1024];
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok::<_, std::io::Error>(bytes::Bytes::from(buf)), f))
+                }
+                Err(e) => Some((Err(e), f)),
+            }
+        });
+    (
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, size.to_string()),
+            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+        ],
+        Body::from_stream(chunks),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn work() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let canon = dir.path().canonicalize().unwrap();
+        fs::create_dir_all(canon.join("sb")).unwrap();
+        fs::write(canon.join("sb/stdout"), "hello world").unwrap();
+        (dir, canon)
+    }
+
+    #[test]
+    fn reads_chunks_and_sizes() {
+        let (_d, w) = work();
+        let abs = w.join("sb/stdout").to_string_lossy().into_owned();
+        assert_eq!(read_chunk(&w, &abs, None, None).unwrap(), ("hello world".into(), 0));
+        assert_eq!(read_chunk(&w, &abs, Some(6), Some(3)).unwrap(), ("wor".into(), 6));
+        assert_eq!(read_chunk(&w, &abs, Some(-1), None).unwrap(), (String::new(), 11));
+        assert_eq!(read_chunk(&w, &abs, Some(50), Some(3)).unwrap(), (String::new(), 50));
+        assert_eq!(read_chunk(&w, "sb/stdout", Some(0), Some(5)).unwrap(), ("hello".into(), 0));
+        assert!(matches!(read_chunk(&w, &abs, Some(-2), None), Err(FilesError::BadRequest(_))));
+        assert!(matches!(
+            read_chunk(&w, &w.join("sb").to_string_lossy(), None, None),
+            Err(FilesError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_paths_outside_the_work_dir() {
+        let (_d, w) = work();
+        assert_eq!(read_chunk(&w, "/etc/passwd", None, None), Err(FilesError::Forbidden));
+        let up = w.join("sb/../../").to_string_lossy().into_owned();
+        assert_eq!(read_chunk(&w, &up, None, None), Err(FilesError::Forbidden));
+        std::os::unix::fs::symlink("/etc/passwd", w.join("sb/escape")).unwrap();
+        let link = w.join("sb/escape").to_string_lossy().into_owned();
+        assert_eq!(read_chunk(&w, &link, None, None), Err(FilesError::Forbidden));
+        let missing = w.join("sb/missing").to_string_lossy().into_owned();
+        assert_eq!(read_chunk(&w, &missing, None, None), Err(FilesError::NotFound));
+    }
+}

@@ -1,0 +1,429 @@
+//! The shell around the core: turns flags into a running agent, drives the core from one loop
+//! (connection events, container events, timers, the stop signal) and executes its commands;
+//! then tears down what it set up.
+//!
+//! Everything that takes time runs elsewhere: the QUIC connection in `conn`, each container's
+//! preparation, spawn and wait in its `launch` monitor, HTTP in axum's tasks. The loop itself
+//! never blocks, so the core always sees events in the order they happened.
+#![forbid(unsafe_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use corral_wire::proto::{AgentMessage, IsolationReport, PROTOCOL_VERSION, Registration};
+use corral_wire::resources::Resources;
+use corral_wire::tls::TlsFiles;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::args::{AgentArgs, parse_master};
+use crate::cgroup::{self, Cgroup};
+use crate::conn::{self, ConnConfig, ConnEvent};
+use crate::core::{Command, Core, CoreConfig, Event, RandomIds};
+use crate::error::AgentError;
+use crate::host::{self, AgentUser};
+use crate::http::{self, HttpState, SharedCore, lock};
+use crate::launch::{self, ContainerHandle, Control, LaunchEnv};
+use crate::{clock, paths};
+
+/// How long a stopping agent waits for the master to acknowledge the last updates.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many forgotten tasks `/state` keeps showing.
+const COMPLETED_TASKS: usize = 1000;
+
+/// Runs the agent until SIGINT or SIGTERM, then kills its tasks, removes their cgroups and
+/// its own, and returns. Fails if it cannot start, or if the master refuses it.
+pub async fn run(args: AgentArgs) -> Result<(), AgentError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|source| AgentError::Signals { what: "SIGTERM", source })?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|source| AgentError::Signals { what: "SIGINT", source })?;
+    run_until(args, async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+    })
+    .await
+}
+
+/// [`run`], stopping when `shutdown` completes instead of on a signal (for embedding and
+/// tests).
+pub async fn run_until(
+    args: AgentArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let setup = Setup::new(&args).await?;
+    let parent = setup.env.cgroups.clone();
+    let work_dir = setup.env.work_dir.clone();
+    let result = serve(setup, args, shutdown).await;
+    // Only our own containers were removed by their monitors; anything else in the parent is
+    // from an earlier agent on this port and is left alone.
+    match parent.children() {
+        Ok(c) if c.is_empty() => {
+            if let Err(e) = parent.remove() {
+                tracing::warn!("{e}");
+            }
+        }
+        Ok(c) => tracing::warn!(
+            cgroup = %parent.path().display(),
+            "leaving the agent cgroup: it holds containers this agent did not start: {c:?}"
+        ),
+        Err(e) => tracing::warn!("{e}"),
+    }
+    tracing::info!(work_dir = %work_dir.display(), "agent stopped");
+    result
+}
+
+/// Everything derived from the flags before the agent goes live.
+struct Setup {
+    conn: ConnConfig,
+    advertise_ip: Option<IpAddr>,
+    listener: tokio::net::TcpListener,
+    env: Arc<LaunchEnv>,
+    registration: Registration,
+}
+
+impl Setup {
+    async fn new(args: &AgentArgs) -> Result<Setup, AgentError> {
+        let flag = |flag: &'static str| move |why: String| AgentError::Flag { flag, why };
+        let master = parse_master(&args.master).map_err(flag("master"))?;
+        let server_name = args.master_name.clone().unwrap_or_else(|| master.host.clone());
+        let client = corral_wire::tls::client_config(&tls_files(args)?)?;
+
+        let work_dir = &args.work_dir;
+        let work_err = |source| AgentError::WorkDir { path: work_dir.clone(), source };
+        std::fs::create_dir_all(work_dir).map_err(work_err)?;
+        let work_dir = work_dir.canonicalize().map_err(work_err)?;
+
+        let launcher = match &args.launcher {
+            Some(p) => p.clone(),
+            None => std::env::current_exe().map_err(AgentError::Launcher)?,
+        };
+        if !launcher.is_file() {
+            return Err(AgentError::Flag {
+                flag: "launcher",
+                why: format!("{} is not a file", launcher.display()),
+            });
+        }
+
+        let root = cgroup::find_root(args.cgroup_root.as_deref())?;
+        let addr = format!("0.0.0.0:{}", args.port);
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .map_err(|source| AgentError::HttpBind { addr: addr.clone(), source })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| AgentError::HttpBind { addr: addr.clone(), source })?
+            .port();
+        let parent_name =
+            args.cgroup_parent.clone().unwrap_or_else(|| format!("corral-agent-{port}"));
+        if parent_name.is_empty()
+            || !Path::new(&parent_name).components().all(|c| matches!(c, Component::Normal(_)))
+        {
+            return Err(AgentError::Flag {
+                flag: "cgroup-parent",
+                why: format!("'{parent_name}' is not a relative path without '..'"),
+            });
+        }
+        let cgroups = Cgroup::new(root.join(&parent_name));
+        cgroups.create()?;
+        match cgroups.children() {
+            Ok(c) if !c.is_empty() => tracing::warn!(
+                cgroup = %cgroups.path().display(),
+                "containers of an earlier agent are still there (recovery is not implemented; they are left alone): {c:?}"
+            ),
+            _ => {}
+        }
+        let controllers = cgroups.controllers().unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            Vec::new()
+        });
+        let isolation = IsolationReport {
+            cgroup_root: cgroups.path().to_string_lossy().into_owned(),
+            not_enforced: cgroup::not_enforced(&controllers),
+            controllers,
+        };
+        for line in &isolation.not_enforced {
+            tracing::warn!("resource limits: {line}");
+        }
+
+        let overrides = match &args.resources {
+            Some(text) => Resources::parse(text)
+                .map_err(|e| AgentError::Flag { flag: "resources", why: e.to_string() })?,
+            None => Resources::new(),
+        };
+        let resources = host::with_overrides(&host::detect_resources(&work_dir), &overrides);
+        let attributes = match &args.attributes {
+            Some(text) => host::parse_attributes(text).map_err(flag("attributes"))?,
+            None => Vec::new(),
+        };
+        let registration = Registration {
+            protocol_version: PROTOCOL_VERSION,
+            agent_id: None,
+            hostname: args.hostname.clone().unwrap_or_else(host::hostname),
+            http_address: args.advertise_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)).to_string(),
+            http_port: port,
+            resources,
+            attributes,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            boot_id: host::boot_id(),
+            tasks: Vec::new(),
+            isolation,
+        };
+        tracing::info!(
+            port,
+            work_dir = %work_dir.display(),
+            cgroup = %cgroups.path().display(),
+            resources = %registration.resources,
+            "agent starting"
+        );
+        Ok(Setup {
+            conn: ConnConfig {
+                master,
+                server_name,
+                client,
+                backoff_max: args.reregister_backoff_max,
+            },
+            advertise_ip: args.advertise_ip,
+            listener,
+            env: Arc::new(LaunchEnv {
+                work_dir,
+                launcher,
+                cgroups,
+                agent_user: AgentUser::current(),
+            }),
+            registration,
+        })
+    }
+}
+
+fn tls_files(args: &AgentArgs) -> Result<TlsFiles, AgentError> {
+    let from_dir = args.tls_dir.as_deref().map(|d| TlsFiles::in_dir(d, "agent"));
+    let pick = |given: &Option<PathBuf>, flag: &'static str, dir_file: Option<&PathBuf>| {
+        given.clone().or_else(|| dir_file.cloned()).ok_or_else(|| AgentError::Flag {
+            flag,
+            why: "no TLS material: pass --tls-dir (or all of --tls-ca, --tls-cert, --tls-key)"
+                .into(),
+        })
+    };
+    Ok(TlsFiles {
+        ca: pick(&args.tls_ca, "tls-ca", from_dir.as_ref().map(|f| &f.ca))?,
+        cert: pick(&args.tls_cert, "tls-cert", from_dir.as_ref().map(|f| &f.cert))?,
+        key: pick(&args.tls_key, "tls-key", from_dir.as_ref().map(|f| &f.key))?,
+    })
+}
+
+/// What the loop feeds the core.
+enum Input {
+    Event(Event),
+    Timeout,
+}
+
+/// The loop's state: the core, and the effects it has set in motion.
+struct Shell {
+    core: SharedCore,
+    env: Arc<LaunchEnv>,
+    advertise_ip: Option<IpAddr>,
+    /// Where to send on the current connection.
+    out: Option<mpsc::UnboundedSender<AgentMessage>>,
+    containers: HashMap<String, ContainerHandle>,
+    container_events: mpsc::UnboundedSender<Event>,
+    stopping: bool,
+    refused: Option<String>,
+}
+
+impl Shell {
+    /// Feeds the core and executes what it asks for, until it asks nothing more.
+    fn apply(&mut self, input: Input) {
+        let now = clock::now();
+        let mut pending = VecDeque::from([input]);
+        while let Some(input) = pending.pop_front() {
+            let commands: Vec<Command> = {
+                let mut core = lock(&self.core);
+                match input {
+                    Input::Event(e) => core.handle(now, e),
+                    Input::Timeout => core.handle_timeout(now),
+                }
+                std::iter::from_fn(|| core.poll_command()).collect()
+            };
+            for c in commands {
+                pending.extend(self.execute(c));
+            }
+        }
+    }
+
+    fn execute(&mut self, command: Command) -> Option<Input> {
+        match command {
+            Command::Send(m) => match &self.out {
+                Some(out) => {
+                    let _ = out.send(m);
+                }
+                None => tracing::debug!("not connected; not sent: {m:?}"),
+            },
+            Command::Launch(l) => {
+                let id = l.container_id.clone();
+                let handle = launch::start(self.env.clone(), l, self.container_events.clone());
+                self.containers.insert(id, handle);
+            }
+            Command::Terminate { container_id } => {
+                if let Some(h) = self.containers.get(&container_id) {
+                    h.send(Control::Terminate);
+                }
+            }
+            Command::ForceKill { container_id } => {
+                if let Some(h) = self.containers.get(&container_id) {
+                    h.send(Control::ForceKill);
+                }
+            }
+            Command::Forget { container_id } => {
+                self.containers.remove(&container_id);
+                remove_run_dir(paths::run_dir(&self.env.work_dir, &container_id));
+            }
+            Command::Exit { reason } => {
+                tracing::error!(reason, "the master refused this agent; stopping");
+                self.refused.get_or_insert(reason);
+                if !self.stopping {
+                    self.stopping = true;
+                    return Some(Input::Event(Event::Shutdown));
+                }
+            }
+        }
+        None
+    }
+
+    fn connection(&mut self, event: ConnEvent) {
+        match event {
+            ConnEvent::Up { out, local_ip } => {
+                self.out = Some(out);
+                let ip = self.advertise_ip.or(local_ip).unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+                self.apply(Input::Event(Event::Connected { http_address: ip.to_string() }));
+            }
+            ConnEvent::Message(m) => self.apply(Input::Event(Event::Master(m))),
+            ConnEvent::Down => {
+                self.out = None;
+                self.apply(Input::Event(Event::Disconnected));
+            }
+        }
+    }
+}
+
+fn remove_run_dir(dir: PathBuf) {
+    tokio::spawn(async move {
+        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), "cannot remove a run directory: {e}");
+        }
+    });
+}
+
+async fn serve(
+    setup: Setup,
+    args: AgentArgs,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let config = CoreConfig {
+        registration: setup.registration,
+        default_kill_grace: args.default_kill_grace_period,
+        retry_min: args.status_update_retry_min,
+        retry_max: args.status_update_retry_max.max(args.status_update_retry_min),
+        completed_capacity: COMPLETED_TASKS,
+    };
+    let core: SharedCore = Arc::new(Mutex::new(Core::new(config, Box::new(RandomIds))));
+
+    let router = http::router(Arc::new(HttpState {
+        core: core.clone(),
+        work_dir: setup.env.work_dir.clone(),
+    }));
+    let (http_stop, http_stopped) = oneshot::channel::<()>();
+    let http_task = tokio::spawn(async move {
+        axum::serve(setup.listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = http_stopped.await;
+            })
+            .await
+    });
+
+    let (conn_tx, mut conn_rx) = mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let conn_task = tokio::spawn(conn::run(setup.conn, conn_tx, stop_rx));
+
+    let (container_tx, mut container_rx) = mpsc::unbounded_channel();
+    let mut shell = Shell {
+        core: core.clone(),
+        env: setup.env,
+        advertise_ip: setup.advertise_ip,
+        out: None,
+        containers: HashMap::new(),
+        container_events: container_tx,
+        stopping: false,
+        refused: None,
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut drain_until: Option<Instant> = None;
+    loop {
+        let (timeout, live, pending, registered) = {
+            let c = lock(&core);
+            (c.next_timeout(), c.live_containers(), c.pending_updates(), c.is_registered())
+        };
+        if shell.stopping && live == 0 {
+            if pending == 0 || !registered {
+                break;
+            }
+            let until = *drain_until.get_or_insert_with(|| clock::now().mono + DRAIN_TIMEOUT);
+            if clock::now().mono >= until {
+                tracing::warn!(pending, "stopping with unacknowledged status updates");
+                break;
+            }
+        }
+        let wake = match (timeout, drain_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        tokio::select! {
+            _ = &mut shutdown, if !shell.stopping => {
+                shell.stopping = true;
+                shell.apply(Input::Event(Event::Shutdown));
+            }
+            Some(ev) = conn_rx.recv() => shell.connection(ev),
+            Some(ev) = container_rx.recv() => shell.apply(Input::Event(ev)),
+            _ = sleep_until(wake), if wake.is_some() => shell.apply(Input::Timeout),
+        }
+    }
+
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(Duration::from_secs(2), conn_task).await.is_err() {
+        tracing::warn!("the connection task did not stop in time");
+    }
+    let _ = http_stop.send(());
+    match tokio::time::timeout(Duration::from_secs(2), http_task).await {
+        Ok(Ok(Err(e))) => tracing::warn!("http server: {e}"),
+        Err(_) => tracing::warn!("the http server did not stop in time"),
+        _ => {}
+    }
+    // Containers killed on the way out are not recovered by anyone: drop their run dirs.
+    for id in shell.containers.keys() {
+        let dir = paths::run_dir(&shell.env.work_dir, id);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), "{e}");
+        }
+    }
+    match shell.refused {
+        Some(reason) => Err(AgentError::Refused { reason }),
+        None => Ok(()),
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,361 @@
+//! The per-task init (`corral __task-init RUN_DIR`), like containerd's shim: the process
+//! between the agent and one task. It owns starting the task, forwarding kill signals to it,
+//! and recording how it ended; it outlives an agent that dies, so a restarted agent can still
+//! learn the task's end.
+//!
+//! Protocol with the agent:
+//! - The agent spawns it straight into the task's cgroup, in a new session, with SIGTERM,
+//!   SIGINT and SIGCHLD blocked (`sys::spawn_in_cgroup`); stdin is `/dev/null`, stdout is a
+//!   pipe to the agent (the report channel), stderr is the sandbox's `stderr` file (so its own
+//!   complaints reach the user). Its environment is empty. It gets no parent-death signal.
+//! - `argv`: `[launcher, "__task-init", RUN_DIR]`. `RUN_DIR/task.json` is the [`ShimSpec`]:
+//!   program, argv, environment, sandbox, and the uid/gid/groups to run as (resolved by the
+//!   agent, so the init needs no user database).
+//! - It reports one line per event on stdout ([`Report`]): `started <pid>`, then
+//!   `exited <code>` or `signaled <signo>`; or `failed <message>` if the task could not start.
+//!   The final line is also written atomically (temp file, fsync, rename, fsync of the
+//!   directory) to `RUN_DIR/exit_status` before it is sent, and the init then exits 0 (1 after
+//!   `failed`). SIGPIPE is ignored: with the agent gone the report write fails, nothing else.
+//! - SIGTERM and SIGINT sent to it are forwarded to the task's process group.
+//!
+//! The task: its own process group, cwd the sandbox, stdin `/dev/null`, stdout/stderr the
+//! sandbox's files, the spec's environment only, default signal dispositions and an empty
+//! signal mask (restored explicitly: std does not), and no descriptor but 0, 1 and 2.
+#![forbid(unsafe_code)]
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::core::{ExitStatus, Launch};
+use crate::paths::{EXIT_STATUS_FILE, TASK_SPEC_FILE};
+
+/// The `PATH` a task gets when its environment names none (Mesos' default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// What the per-task init runs; written by the agent to `RUN_DIR/task.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShimSpec {
+    pub sandbox: PathBuf,
+    /// The program to exec (looked up in the spec's `PATH` when it has no `/`).
+    pub program: String,
+    /// The full argv, `argv[0]` included.
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub run_as: Option<RunAs>,
+}
+
+/// A resolved user to run the task as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAs {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+}
+
+impl ShimSpec {
+    /// The spec for `launch`: `sh -c VALUE` when the command is a shell command, else `VALUE`
+    /// with `arguments` as the whole argv (Mesos semantics). The environment is `PATH` (unless
+    /// the task sets it), the task's own variables, then the `MESOS_*` ones.
+    pub fn new(launch: &Launch, sandbox: &Path, run_as: Option<RunAs>) -> Result<ShimSpec, String> {
+        let cmd = &launch.task.command;
+        let value = cmd.value.clone().unwrap_or_default();
+        let (program, argv) = if cmd.shell {
+            if value.is_empty() {
+                return Err("shell command has no value".into());
+            }
+            ("/bin/sh".to_string(), vec!["sh".to_string(), "-c".to_string(), value])
+        } else {
+            if value.is_empty() {
+                return Err("command has no value to execute".into());
+            }
+            let argv =
+                if cmd.arguments.is_empty() { vec![value.clone()] } else { cmd.arguments.clone() };
+            (value, argv)
+        };
+        let mut env: Vec<(String, String)> = Vec::new();
+        let mut set = |k: &str, v: &str| {
+            env.retain(|(key, _)| key != k);
+            env.push((k.to_string(), v.to_string()));
+        };
+        set("PATH", DEFAULT_PATH);
+        for (k, v) in &cmd.environment {
+            set(k, v);
+        }
+        let sandbox_str = sandbox.to_string_lossy();
+        set("MESOS_SANDBOX", &sandbox_str);
+        set("MESOS_DIRECTORY", &sandbox_str);
+        set("MESOS_FRAMEWORK_ID", &launch.framework.id);
+        set("MESOS_TASK_ID", &launch.task.task_id);
+        set("MESOS_EXECUTOR_ID", &launch.task.task_id);
+        set("MESOS_AGENT_ID", &launch.agent_id);
+        set("MESOS_SLAVE_ID", &launch.agent_id);
+        set("MESOS_CONTAINER_ID", &launch.container_id);
+        if let Some(u) = &run_as {
+            set("USER", &u.name);
+        }
+        Ok(ShimSpec { sandbox: sandbox.to_path_buf(), program, argv, env, run_as })
+    }
+}
+
+/// One line of the init's report (and the content of `exit_status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    Started(u32),
+    Failed(String),
+    Ended(ExitStatus),
+}
+
+impl Report {
+    pub fn parse(line: &str) -> Option<Report> {
+        let (word, rest) = line.trim_end().split_once(' ')?;
+        match word {
+            "started" => rest.parse().ok().map(Report::Started),
+            "failed" => Some(Report::Failed(rest.to_string())),
+            "exited" => rest.parse().ok().map(|c| Report::Ended(ExitStatus::Code(c))),
+            "signaled" => rest.parse().ok().map(|s| Report::Ended(ExitStatus::Signal(s))),
+            _ => None,
+        }
+    }
+
+    /// The line, newline included; a message is kept on one line.
+    pub fn line(&self) -> String {
+        match self {
+            Report::Started(pid) => format!("started {pid}\n"),
+            Report::Failed(msg) => format!("failed {}\n", msg.replace(['\n', '\r'], " ")),
+            Report::Ended(ExitStatus::Code(c)) => format!("exited {c}\n"),
+            Report::Ended(ExitStatus::Signal(s)) => format!("signaled {s}\n"),
+        }
+    }
+}
+
+/// Reads what a container's init recorded about the task's end, if anything.
+pub fn read_exit_status(run_dir: &Path) -> Option<Report> {
+    let text = fs::read_to_string(run_dir.join(EXIT_STATUS_FILE)).ok()?;
+    Report::parse(text.lines().next()?)
+}
+
+/// The per-task init's `main`. See the module doc for its protocol.
+pub fn task_init_main() -> ! {
+    // First, before this process opens anything of its own.
+    let closed = crate::sys::close_inherited_fds();
+    crate::sys::ignore_sigpipe();
+    if let Err(e) = closed {
+        eprintln!("corral task init: cannot close inherited descriptors: {e}");
+    }
+    let run_dir = std::env::args_os().nth(2).map(PathBuf::from);
+    let final_report = match &run_dir {
+        Some(dir) => run_task(dir),
+        None => Report::Failed("task init needs the run directory as its second argument".into()),
+    };
+    if let Some(dir) = &run_dir
+        && let Err(e) = write_atomically(dir, EXIT_STATUS_FILE, &final_report.line())
+    {
+        eprintln!("corral task init: cannot record the exit status in {}: {e}", dir.display());
+    }
+    report(&final_report);
+    std::process::exit(if matches!(final_report, Report::Failed(_)) { 1 } else { 0 })
+}
+
+/// Writes a report line to the agent; a vanished agent is not an error.
+fn report(r: &Report) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(r.line().as_bytes());
+    let _ = out.flush();
+}
+
+/// Starts the task, forwards signals until it ends, and returns the final report.
+fn run_task(run_dir: &Path) -> Report {
+    let signals = crate::sys::init_signals();
+    // Normally already blocked by the agent; blocking again makes the init self-sufficient.
+    if let Err(e) = signals.thread_block() {
+        return Report::Failed(format!("cannot block signals: {e}"));
+    }
+    let spec_path = run_dir.join(TASK_SPEC_FILE);
+    let spec: ShimSpec = match fs::read(&spec_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(s) => s,
+        Err(e) => return Report::Failed(format!("cannot read {}: {e}", spec_path.display())),
+    };
+    let open = |name: &str| {
+        let p = spec.sandbox.join(name);
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .map_err(|e| Report::Failed(format!("cannot open {}: {e}", p.display())))
+    };
+    let (stdout, stderr) = match (open("stdout"), open("stderr")) {
+        (Ok(o), Ok(e)) => (o, e),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let Some(argv0) = spec.argv.first() else {
+        return Report::Failed("empty argv".into());
+    };
+    let mut cmd = std::process::Command::new(&spec.program);
+    cmd.arg0(argv0)
+        .args(&spec.argv[1..])
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.sandbox)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    let ids = spec.run_as.as_ref().map(|u| (u.uid, u.gid, u.groups.clone()));
+    crate::sys::prepare_task_exec(&mut cmd, ids);
+    let child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let who =
+                spec.run_as.as_ref().map(|u| format!(" as user '{}'", u.name)).unwrap_or_default();
+            return Report::Failed(format!("cannot start '{}'{who}: {e}", spec.program));
+        }
+    };
+    let pid = Pid::from_raw(child.id() as i32);
+    report(&Report::Started(child.id()));
+    loop {
+        let sig = match signals.wait() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("corral task init: sigwait: {e}");
+                continue;
+            }
+        };
+        match sig {
+            Signal::SIGCHLD => match nix::sys::wait::waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => return Report::Ended(ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(_, s, _)) => {
+                    return Report::Ended(ExitStatus::Signal(s as i32));
+                }
+                Ok(_) => {}
+                Err(e) => return Report::Failed(format!("cannot wait for the task: {e}")),
+            },
+            other => {
+                // The task leads its own process group; ESRCH just means it is gone.
+                let _ = nix::sys::signal::killpg(pid, other);
+            }
+        }
+    }
+}
+
+/// Writes `name` in `dir` so that a reader sees either nothing or the whole content, even
+/// across a crash: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomically(dir: &Path, name: &str, content: &str) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, dir.join(name))?;
+    fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use corral_wire::proto::{CommandSpec, FrameworkRef, TaskSpec};
+
+    fn launch(command: CommandSpec) -> Launch {
+        Launch {
+            container_id: "c1".into(),
+            agent_id: "a1".into(),
+            framework: FrameworkRef { id: "f1".into(), ..Default::default() },
+            task: TaskSpec { task_id: "t1".into(), command, ..Default::default() },
+        }
+    }
+
+    fn env_of<'a>(spec: &'a ShimSpec, key: &str) -> Option<&'a str> {
+        spec.env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn shell_commands_run_under_sh() {
+        let l = launch(CommandSpec {
+            shell: true,
+            value: Some("echo hi".into()),
+            ..Default::default()
+        });
+        let spec = ShimSpec::new(&l, Path::new("/sb"), None).unwrap();
+        assert_eq!(spec.program, "/bin/sh");
+        assert_eq!(spec.argv, vec!["sh", "-c", "echo hi"]);
+        assert_eq!(env_of(&spec, "MESOS_SANDBOX"), Some("/sb"));
+        assert_eq!(env_of(&spec, "MESOS_TASK_ID"), Some("t1"));
+        assert_eq!(env_of(&spec, "MESOS_FRAMEWORK_ID"), Some("f1"));
+        assert_eq!(env_of(&spec, "MESOS_AGENT_ID"), Some("a1"));
+        assert_eq!(env_of(&spec, "MESOS_CONTAINER_ID"), Some("c1"));
+        assert_eq!(env_of(&spec, "PATH"), Some(DEFAULT_PATH));
+    }
+
+    #[test]
+    fn plain_commands_take_arguments_as_the_whole_argv() {
+        let cmd = CommandSpec {
+            shell: false,
+            value: Some("/bin/echo".into()),
+            arguments: vec!["echo".into(), "a".into()],
+            environment: vec![
+                ("PATH".into(), "/opt/bin".into()),
+                ("MESOS_TASK_ID".into(), "x".into()),
+            ],
+            ..Default::default()
+        };
+        let spec = ShimSpec::new(&launch(cmd), Path::new("/sb"), None).unwrap();
+        assert_eq!(spec.program, "/bin/echo");
+        assert_eq!(spec.argv, vec!["echo", "a"]);
+        assert_eq!(env_of(&spec, "PATH"), Some("/opt/bin"), "the task's PATH wins");
+        assert_eq!(env_of(&spec, "MESOS_TASK_ID"), Some("t1"), "the agent's MESOS_* win");
+        assert_eq!(spec.env.iter().filter(|(k, _)| k == "PATH").count(), 1);
+        let cmd = CommandSpec { shell: false, value: Some("true".into()), ..Default::default() };
+        assert_eq!(ShimSpec::new(&launch(cmd), Path::new("/sb"), None).unwrap().argv, vec!["true"]);
+        assert!(ShimSpec::new(&launch(CommandSpec::default()), Path::new("/sb"), None).is_err());
+        let shell_empty = CommandSpec { shell: true, ..Default::default() };
+        assert!(ShimSpec::new(&launch(shell_empty), Path::new("/sb"), None).is_err());
+    }
+
+    #[test]
+    fn spec_round_trips_through_json() {
+        let l = launch(CommandSpec { shell: true, value: Some("x".into()), ..Default::default() });
+        let run_as = RunAs { name: "nobody".into(), uid: 65534, gid: 65534, groups: vec![65534] };
+        let spec = ShimSpec::new(&l, Path::new("/sb"), Some(run_as)).unwrap();
+        assert_eq!(env_of(&spec, "USER"), Some("nobody"));
+        let back: ShimSpec = serde_json::from_slice(&serde_json::to_vec(&spec).unwrap()).unwrap();
+        assert_eq!(back, spec);
+    }
+
+    #[test]
+    fn report_lines_round_trip() {
+        for r in [
+            Report::Started(42),
+            Report::Failed("cannot start 'x': No such file".into()),
+            Report::Ended(ExitStatus::Code(3)),
+            Report::Ended(ExitStatus::Signal(15)),
+        ] {
+            assert_eq!(Report::parse(&r.line()), Some(r.clone()));
+        }
+        assert_eq!(Report::Failed("a\nb".into()).line(), "failed a b\n");
+        assert_eq!(Report::parse("bogus 1"), None);
+        assert_eq!(Report::parse("started x"), None);
+        assert_eq!(Report::parse("exited"), None);
+    }
+
+    #[test]
+    fn exit_status_is_written_atomically_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_exit_status(dir.path()), None);
+        write_atomically(dir.path(), EXIT_STATUS_FILE, &Report::Ended(ExitStatus::Code(7)).line())
+            .unwrap();
+        assert_eq!(read_exit_status(dir.path()), Some(Report::Ended(ExitStatus::Code(7))));
+        let names: Vec<_> =
+            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, vec![EXIT_STATUS_FILE], "no temp file left behind");
+    }
+}

@@ -1,0 +1,823 @@
+//! End-to-end tests: the real agent (in-process, `corral_agent::run_until`) against a scripted
+//! fake master (a quinn server with `corral_wire::tls::write_cluster` material), running real
+//! tasks in real cgroups.
+//!
+//! Why `harness = false` and a `main` of our own: the agent starts every task through the
+//! per-task init, which it execs as `LAUNCHER __task-init RUN_DIR`. In production LAUNCHER is
+//! the `corral` binary, whose `main` hands `__task-init` to `corral_agent::task_init_main()`.
+//! A libtest binary owns its `main` and so cannot play that role, and a helper `[[bin]]` would
+//! ship a test binary with the library (or make this crate depend on tools/). So this file's
+//! `main` first checks for `__task-init` and becomes the init; otherwise it runs the cases,
+//! passing its own path (`current_exe`) as `--launcher`. The init path exercised here is
+//! exactly the production one.
+//!
+//! The cases need root and a cgroup2 mount (they create cgroups and switch users); without
+//! them every case is reported as skipped, with the reason. Each case stops its agent and
+//! checks that no container cgroup (hence no task process) is left; a failing case still stops
+//! its agent before the next starts. Arguments that do not start with `-` filter cases by
+//! name. The closing line is `N passed, N failed[, N skipped]`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use clap::Parser as _;
+use corral_agent::{AgentArgs, AgentError};
+use corral_wire::frame::{DEFAULT_MAX_FRAME, FrameReader, encode_master};
+use corral_wire::mesos::v1::TaskState;
+use corral_wire::mesos::v1::task_status::{Reason, Source};
+use corral_wire::proto::{
+    AgentMessage, CommandSpec, FrameworkRef, MasterMessage, Registration, RunTask, StatusUpdate,
+    TaskSpec,
+};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::task::JoinHandle;
+
+type CaseFn = fn() -> Pin<Box<dyn Future<Output = ()>>>;
+
+const CASES: &[(&str, CaseFn)] = &[
+    ("exit_status_sandbox_and_http", || Box::pin(exit_status_sandbox_and_http())),
+    ("kill_ends_in_task_killed_within_the_grace_period", || Box::pin(kill_within_grace())),
+    ("kill_escalates_to_cgroup_kill_after_the_grace_period", || Box::pin(kill_escalates())),
+    ("unacked_update_is_resent_and_reregistration_resends_heads", || {
+        Box::pin(resend_and_reregister())
+    }),
+    ("users_arguments_and_launch_failures", || Box::pin(users_and_failures())),
+    ("stopping_the_agent_kills_its_tasks", || Box::pin(stop_kills_tasks())),
+    ("refused_agent_stops_with_an_error", || Box::pin(refused())),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(corral_agent::TASK_INIT_ARG) {
+        corral_agent::task_init_main();
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "corral_agent=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let filters: Vec<&str> =
+        args.iter().skip(1).filter(|a| !a.starts_with('-')).map(String::as_str).collect();
+    let selected: Vec<_> = CASES
+        .iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f)))
+        .collect();
+    if let Some(why) = skip_reason() {
+        for (name, _) in &selected {
+            println!("test {name} ... SKIPPED ({why})");
+        }
+        println!("0 passed, 0 failed, {} skipped", selected.len());
+        return ExitCode::SUCCESS;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let (mut passed, mut failed) = (0, 0);
+    for (name, case) in selected {
+        println!("test {name} ...");
+        let started = now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(case())));
+        // A failed case may have left its agent running: stop it before the next case.
+        rt.block_on(reap_abandoned_agents());
+        match result {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok ({:.1?})", started.elapsed());
+            }
+            Err(_) => {
+                failed += 1;
+                println!("test {name} ... FAILED");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn skip_reason() -> Option<String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Some("needs root to create cgroups and switch users".into());
+    }
+    match corral_agent::cgroup::find_root(None) {
+        Ok(_) => None,
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// The test's clock: it times real processes (kill latency, resend gaps), like a shell does.
+#[allow(clippy::disallowed_methods)] // this test's single clock source
+fn now() -> Instant {
+    Instant::now()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fake master.
+
+struct FakeMaster {
+    endpoint: quinn::Endpoint,
+    addr: SocketAddr,
+    tls: tempfile::TempDir,
+}
+
+impl FakeMaster {
+    fn start() -> FakeMaster {
+        let tls = tempfile::tempdir().expect("tls tempdir");
+        corral_wire::tls::write_cluster(tls.path(), &["localhost".into(), "127.0.0.1".into()])
+            .expect("cluster tls material");
+        let server = corral_wire::tls::server_config(&corral_wire::tls::TlsFiles::in_dir(
+            tls.path(),
+            "master",
+        ))
+        .expect("server config");
+        let endpoint = quinn::Endpoint::server(server, "127.0.0.1:0".parse().expect("addr"))
+            .expect("quic server");
+        let addr = endpoint.local_addr().expect("local addr");
+        FakeMaster { endpoint, addr, tls }
+    }
+
+    /// Accepts the agent's next connection and its `Register`.
+    async fn accept(&self) -> (Session, Registration) {
+        let incoming = tokio::time::timeout(WAIT, self.endpoint.accept())
+            .await
+            .expect("the agent connects in time")
+            .expect("endpoint open");
+        let conn = incoming.await.expect("handshake");
+        let (send, recv) = conn.accept_bi().await.expect("the agent opens a stream");
+        let mut s = Session { conn, send, recv, frames: FrameReader::new(DEFAULT_MAX_FRAME) };
+        let first = s.next().await;
+        let AgentMessage::Register(registration) = first else {
+            panic!("the first message must be Register, got {first:?}");
+        };
+        (s, registration)
+    }
+}
+
+struct Session {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    frames: FrameReader,
+}
+
+impl Session {
+    async fn send(&mut self, m: MasterMessage) {
+        self.send.write_all(&encode_master(&m)).await.expect("send to the agent");
+    }
+
+    async fn next(&mut self) -> AgentMessage {
+        tokio::time::timeout(WAIT, self.frames.next_agent(&mut self.recv))
+            .await
+            .expect("the agent sends in time")
+            .expect("a valid frame")
+            .expect("the stream stays open")
+    }
+
+    /// The next status update (pongs are skipped).
+    async fn update(&mut self) -> StatusUpdate {
+        loop {
+            match self.next().await {
+                AgentMessage::StatusUpdate(u) => return u,
+                AgentMessage::Pong { .. } => continue,
+                other => panic!("expected a status update, got {other:?}"),
+            }
+        }
+    }
+
+    async fn ack(&mut self, u: &StatusUpdate) {
+        self.send(MasterMessage::StatusAck {
+            framework_id: u.framework_id.clone(),
+            task_id: u.task_id.clone(),
+            uuid: u.uuid,
+        })
+        .await;
+    }
+
+    /// The next update, which must be for `task_id` in `state`; acknowledged.
+    async fn expect(&mut self, task_id: &str, state: TaskState) -> StatusUpdate {
+        let u = self.update().await;
+        assert_eq!(u.task_id, task_id, "{u:?}");
+        assert_eq!(u.task_state(), Some(state), "{u:?}");
+        self.ack(&u).await;
+        u
+    }
+}
+
+/// Accepts the agent and registers it as `agent-1`.
+async fn register(master: &FakeMaster) -> (Session, Registration) {
+    let (mut session, registration) = master.accept().await;
+    session
+        .send(MasterMessage::Registered {
+            agent_id: "agent-1".into(),
+            master_id: "master-1".into(),
+            ping_interval_ms: 1000,
+        })
+        .await;
+    (session, registration)
+}
+
+fn framework() -> FrameworkRef {
+    FrameworkRef { id: "fw-1".into(), name: "e2e".into(), user: String::new(), role: "*".into() }
+}
+
+fn shell_task(task_id: &str, command: &str) -> MasterMessage {
+    task(task_id, CommandSpec { shell: true, value: Some(command.into()), ..Default::default() })
+}
+
+fn task(task_id: &str, command: CommandSpec) -> MasterMessage {
+    MasterMessage::RunTask(RunTask {
+        framework: framework(),
+        task: TaskSpec {
+            task_id: task_id.into(),
+            name: format!("task {task_id}"),
+            resources: corral_wire::resources::Resources::parse("cpus:0.1;mem:32")
+                .expect("resources"),
+            command,
+            kill_grace_period_ns: None,
+        },
+    })
+}
+
+fn kill(task_id: &str, grace: Duration) -> MasterMessage {
+    MasterMessage::KillTask {
+        framework_id: "fw-1".into(),
+        task_id: task_id.into(),
+        grace_period_ns: Some(grace.as_nanos() as u64),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The agent under test.
+
+/// Agents whose case panicked before stopping them: (run's handle, its work dir).
+type Abandoned = (JoinHandle<Result<(), AgentError>>, tempfile::TempDir);
+static ABANDONED: Mutex<Vec<Abandoned>> = Mutex::new(Vec::new());
+
+struct Agent {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), AgentError>>>,
+    work: Option<tempfile::TempDir>,
+    work_dir: PathBuf,
+    /// The agent's parent cgroup.
+    cgroup: PathBuf,
+}
+
+fn start_agent(master: &FakeMaster, extra: &[&str]) -> Agent {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let work = tempfile::tempdir().expect("work tempdir");
+    // Tasks that run as another user must be able to reach their sandbox.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(work.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let work_dir = work.path().canonicalize().expect("canonical work dir");
+    let parent = format!("corral-e2e-{}-{n}", std::process::id());
+    let launcher = std::env::current_exe().expect("own path");
+    let mut argv: Vec<String> = vec![
+        "agent".into(),
+        "--master".into(),
+        format!("http://{}", master.addr),
+        "--port".into(),
+        "0".into(),
+        "--work-dir".into(),
+        work_dir.to_string_lossy().into(),
+        "--cgroup-parent".into(),
+        parent.clone(),
+        "--tls-dir".into(),
+        master.tls.path().to_string_lossy().into(),
+        "--launcher".into(),
+        launcher.to_string_lossy().into(),
+        "--hostname".into(),
+        "e2e-host".into(),
+        "--attributes".into(),
+        "rack:r1".into(),
+        "--resources".into(),
+        "cpus:3".into(),
+    ];
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        agent: AgentArgs,
+    }
+    let args = Cli::try_parse_from(argv).expect("valid agent flags").agent;
+    let root = corral_agent::cgroup::find_root(None).expect("cgroup2");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(corral_agent::run_until(args, async move {
+        let _ = stopped.await;
+    }));
+    Agent {
+        stop: Some(stop),
+        handle: Some(handle),
+        work: Some(work),
+        work_dir,
+        cgroup: root.join(parent),
+    }
+}
+
+impl Agent {
+    /// Stops the agent and returns what `run` returned.
+    async fn stop(mut self) -> Result<(), AgentError> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.join().await
+    }
+
+    /// Waits for `run` to return by itself.
+    async fn join(&mut self) -> Result<(), AgentError> {
+        let handle = self.handle.take().expect("joined once");
+        let r = tokio::time::timeout(WAIT, handle).await.expect("the agent stops in time");
+        r.expect("the agent task does not panic")
+    }
+
+    fn sandbox(&self, task_id: &str, container_id: &str) -> PathBuf {
+        self.work_dir
+            .join("slaves/agent-1/frameworks/fw-1/executors")
+            .join(task_id)
+            .join("runs")
+            .join(container_id)
+    }
+
+    fn container_cgroup(&self, container_id: &str) -> PathBuf {
+        self.cgroup.join(container_id)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let (Some(h), Some(w)) = (self.handle.take(), self.work.take()) {
+            ABANDONED.lock().expect("lock").push((h, w));
+        }
+    }
+}
+
+async fn reap_abandoned_agents() {
+    let abandoned: Vec<Abandoned> = std::mem::take(&mut *ABANDONED.lock().expect("lock"));
+    for (handle, _work) in abandoned {
+        if tokio::time::timeout(WAIT, handle).await.is_err() {
+            println!("  (an abandoned agent did not stop in time)");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers.
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Whether `pid` is a live process. A zombie is not: a task whose parent was killed with it
+/// is reaped by init, in its own time.
+fn pid_running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// The `SigBlk`/`SigIgn` masks of a process (hex), from /proc.
+fn signal_masks(pid: i32) -> (String, String) {
+    let status = read(Path::new(&format!("/proc/{pid}/status")));
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .expect("field")
+    };
+    (field("SigBlk:"), field("SigIgn:"))
+}
+
+/// The pids in a cgroup, with their `comm`.
+fn cgroup_procs(cgroup: &Path) -> Vec<(i32, String)> {
+    read(&cgroup.join("cgroup.procs"))
+        .lines()
+        .map(|l| {
+            let pid: i32 = l.trim().parse().expect("a pid");
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (pid, comm.trim().to_string())
+        })
+        .collect()
+}
+
+/// A GET on the agent's HTTP port: (status, body).
+async fn http_get(port: u16, path_and_query: &str) -> (u16, Vec<u8>) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("http connect");
+    let req =
+        format!("GET {path_and_query} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("http write");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).await.expect("http read");
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("http header end");
+    let head = String::from_utf8_lossy(&raw[..split]).to_lowercase();
+    let status: u16 = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("status");
+    let mut body = raw[split + 4..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        let mut out = Vec::new();
+        let mut rest = &body[..];
+        loop {
+            let eol = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&rest[..eol]).expect("hex").trim(), 16)
+                    .expect("chunk size");
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
+            rest = &rest[eol + 2 + size + 2..];
+        }
+        body = out;
+    }
+    (status, body)
+}
+
+async fn http_json(port: u16, path_and_query: &str) -> serde_json::Value {
+    let (status, body) = http_get(port, path_and_query).await;
+    assert_eq!(status, 200, "GET {path_and_query}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).expect("json body")
+}
+
+async fn eventually(what: &str, mut ok: impl FnMut() -> bool) {
+    let until = now() + WAIT;
+    while !ok() {
+        assert!(now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cases.
+
+async fn exit_status_sandbox_and_http() {
+    let master = FakeMaster::start();
+    let agent = start_agent(&master, &[]);
+    let (mut session, r) = register(&master).await;
+    assert_eq!(r.agent_id, None, "first registration has no id");
+    assert!(r.tasks.is_empty());
+    assert_eq!(r.protocol_version, corral_wire::proto::PROTOCOL_VERSION);
+    assert_eq!(r.hostname, "e2e-host");
+    assert_eq!(r.http_address, "127.0.0.1", "the local address towards the master");
+    assert_ne!(r.http_port, 0, "the bound port, not the flag's 0");
+    assert_eq!(r.resources.scalar("cpus").as_f64(), 3.0, "--resources overrides detection");
+    assert!(r.resources.scalar("mem").as_f64() > 0.0, "other resources are detected");
+    assert_eq!(r.attributes.len(), 1);
+    assert_eq!(r.version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(r.boot_id, read(Path::new("/proc/sys/kernel/random/boot_id")).trim());
+    assert_eq!(Path::new(&r.isolation.cgroup_root), agent.cgroup);
+    assert!(agent.cgroup.is_dir());
+
+    session.send(MasterMessage::Ping { seq: 7 }).await;
+    assert_eq!(session.next().await, AgentMessage::Pong { seq: 7 });
+
+    session.send(shell_task("t1", "echo hi; exit 3")).await;
+    let starting = session.expect("t1", TaskState::TaskStarting).await;
+    assert_eq!(starting.source, Source::Executor as i32);
+    let cid = starting.container_id.clone().expect("STARTING names the container");
+    session.expect("t1", TaskState::TaskRunning).await;
+    let failed = session.expect("t1", TaskState::TaskFailed).await;
+    assert_eq!(failed.message, "Command exited with status 3");
+    assert_eq!(failed.container_id.as_deref(), Some(cid.as_str()));
+    assert!(failed.timestamp_ns > starting.timestamp_ns.saturating_sub(1));
+    assert!(starting.uuid != failed.uuid);
+
+    let sandbox = agent.sandbox("t1", &cid);
+    assert_eq!(read(&sandbox.join("stdout")), "hi\n");
+    assert!(
+        !agent.container_cgroup(&cid).exists(),
+        "the container's cgroup is gone at the terminal update"
+    );
+    let exit_file = agent.work_dir.join("containers").join(&cid).join("exit_status");
+    // The run dir goes once the terminal update is acknowledged (asynchronously).
+    eventually("the run directory to go", || !exit_file.exists()).await;
+
+    // HTTP.
+    let port = r.http_port;
+    assert_eq!(http_get(port, "/health").await.0, 200);
+    let state = http_json(port, "/state").await;
+    assert_eq!(state["id"], "agent-1");
+    assert_eq!(state["hostname"], "e2e-host");
+    assert_eq!(state["pid"], format!("slave(1)@127.0.0.1:{port}"));
+    assert_eq!(state["version"], "1.11.0");
+    assert_eq!(state["resources"]["cpus"], 3.0);
+    assert_eq!(state["isolation"]["cgroup_root"], agent.cgroup.to_string_lossy().as_ref());
+    assert_eq!(state["completed_frameworks"], serde_json::json!([]));
+    let fw = &state["frameworks"][0];
+    assert_eq!(fw["id"], "fw-1");
+    // Acknowledged and forgotten: listed as a completed executor with its sandbox.
+    let ex = &fw["completed_executors"][0];
+    assert_eq!(ex["id"], "t1");
+    assert_eq!(ex["container"], cid.as_str());
+    assert_eq!(ex["directory"], sandbox.to_string_lossy().as_ref());
+    assert_eq!(ex["completed_tasks"][0]["state"], "TASK_FAILED");
+    assert_eq!(ex["completed_tasks"][0]["slave_id"], "agent-1");
+    assert_eq!(http_json(port, "/slave(1)/state").await["id"], "agent-1");
+
+    let stdout = sandbox.join("stdout");
+    let q = |extra: &str| format!("/files/read?path={}{extra}", stdout.display());
+    let chunk = http_json(port, &q("&offset=0")).await;
+    assert_eq!(chunk, serde_json::json!({"data": "hi\n", "offset": 0}));
+    let size = http_json(port, &q("&offset=-1")).await;
+    assert_eq!(size, serde_json::json!({"data": "", "offset": 3}));
+    assert_eq!(http_json(port, &q("&offset=1&length=1")).await["data"], "i");
+    let (status, body) = http_get(port, "/files/read?path=/etc/passwd").await;
+    assert_eq!((status, body.as_slice()), (403, &b"Access denied"[..]));
+    let missing = format!("/files/read?path={}/nope", sandbox.display());
+    assert_eq!(http_get(port, &missing).await.0, 404);
+    let (status, body) =
+        http_get(port, &format!("/files/download?path={}", stdout.display())).await;
+    assert_eq!((status, body.as_slice()), (200, &b"hi\n"[..]));
+
+    let cgroup = agent.cgroup.clone();
+    agent.stop().await.expect("a clean stop");
+    assert!(!cgroup.exists(), "the agent removes its cgroup");
+}
+
+/// Runs `sleep 60`, checks what the task inherited, and returns (container id, task pid,
+/// init pid).
+async fn run_sleeper(
+    agent: &Agent,
+    session: &mut Session,
+    task_id: &str,
+    command: &str,
+) -> (String, i32, i32) {
+    session.send(shell_task(task_id, command)).await;
+    let cid =
+        session.expect(task_id, TaskState::TaskStarting).await.container_id.expect("container id");
+    session.expect(task_id, TaskState::TaskRunning).await;
+    let cg = agent.container_cgroup(&cid);
+    let mut procs = Vec::new();
+    eventually("sleep to run in the container cgroup", || {
+        procs = cgroup_procs(&cg);
+        procs.iter().any(|(_, c)| c == "sleep")
+    })
+    .await;
+    let task_pid = procs.iter().find(|(_, c)| c == "sleep").map(|(p, _)| *p).expect("sleep");
+    let init_pid =
+        procs.iter().find(|(_, c)| c != "sleep" && c != "sh").map(|(p, _)| *p).expect("init");
+    (cid, task_pid, init_pid)
+}
+
+async fn kill_within_grace() {
+    let master = FakeMaster::start();
+    let agent = start_agent(&master, &[]);
+    let (mut session, _) = register(&master).await;
+    let (cid, task_pid, init_pid) =
+        run_sleeper(&agent, &mut session, "sleeper", "exec sleep 60").await;
+    let sandbox = agent.sandbox("sleeper", &cid);
+
+    // The task holds only stdin (/dev/null), stdout and stderr (the sandbox files): none of the
+    // agent's sockets or files leaked into it.
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{task_pid}/fd"))
+        .expect("task fds")
+        .map(|e| e.expect("fd entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let mut sorted = fds.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec!["0", "1", "2"], "task fds: {fds:?}");
+    let link = |fd: u32| std::fs::read_link(format!("/proc/{task_pid}/fd/{fd}")).expect("fd link");
+    assert_eq!(link(0), Path::new("/dev/null"));
+    assert_eq!(link(1), sandbox.join("stdout"));
+    assert_eq!(link(2), sandbox.join("stderr"));
+    // The init leads its own session; the task leads its own process group in it.
+    let stat = |pid: i32| -> Vec<String> {
+        let s = read(Path::new(&format!("/proc/{pid}/stat")));
+        let after = &s[s.rfind(')').expect("comm end") + 2..];
+        after.split_whitespace().map(String::from).collect()
+    };
+    let (init_stat, task_stat) = (stat(init_pid), stat(task_pid));
+    assert_eq!(init_stat[3], init_pid.to_string(), "init is a session leader");
+    assert_eq!(task_stat[2], task_pid.to_string(), "task leads its process group");
+    assert_eq!(task_stat[3], init_pid.to_string(), "task is in the init's session");
+    // The task's environment.
+    let env = std::fs::read(format!("/proc/{task_pid}/environ")).expect("environ");
+    let env = String::from_utf8_lossy(&env);
+    assert!(env.split('\0').any(|v| v == format!("MESOS_SANDBOX={}", sandbox.display())), "{env}");
+    assert!(env.split('\0').any(|v| v == "MESOS_TASK_ID=sleeper"), "{env}");
+    // Nothing blocked, and neither SIGTERM nor SIGPIPE ignored, although the init blocks and
+    // ignores them.
+    let (blocked, ignored) = signal_masks(task_pid);
+    assert_eq!(u64::from_str_radix(&blocked, 16).expect("hex"), 0, "SigBlk {blocked}");
+    let ignored = u64::from_str_radix(&ignored, 16).expect("hex");
+    let bit = |sig: i32| 1u64 << (sig - 1);
+    assert_eq!(ignored & (bit(libc::SIGTERM) | bit(libc::SIGPIPE) | bit(libc::SIGINT)), 0);
+
+    let grace = Duration::from_secs(3);
+    let t0 = now();
+    session.send(kill("sleeper", grace)).await;
+    let killed = session.expect("sleeper", TaskState::TaskKilled).await;
+    let took = t0.elapsed();
+    assert_eq!(killed.message, "Command terminated with signal Terminated");
+    assert!(took < grace, "SIGTERM was enough: {took:?}");
+    assert!(!pid_running(task_pid), "the task is gone");
+    eventually("the init to be reaped", || !pid_running(init_pid)).await;
+    assert!(!agent.container_cgroup(&cid).exists());
+
+    // A kill for a task the agent does not know is answered with TASK_LOST.
+    session.send(kill("ghost", grace)).await;
+    let lost = session.expect("ghost", TaskState::TaskLost).await;
+    assert_eq!(lost.message, "Task not found on agent");
+    agent.stop().await.expect("a clean stop");
+}
+
+async fn kill_escalates() {
+    let master = FakeMaster::start();
+    let agent = start_agent(&master, &[]);
+    let (mut session, _) = register(&master).await;
+    // Both the shell and sleep ignore SIGTERM.
+    let (cid, task_pid, init_pid) =
+        run_sleeper(&agent, &mut session, "stubborn", "trap '' TERM; sleep 60; true").await;
+    let grace = Duration::from_millis(700);
+    let t0 = now();
+    session.send(kill("stubborn", grace)).await;
+    let killed = session.expect("stubborn", TaskState::TaskKilled).await;
+    let took = t0.elapsed();
+    assert!(took >= grace, "not before the grace period: {took:?}");
+    assert!(took < grace + Duration::from_secs(2), "soon after it: {took:?}");
+    assert_eq!(killed.message, "Command terminated with signal Killed");
+    assert!(!pid_running(task_pid));
+    eventually("the init to be reaped", || !pid_running(init_pid)).await;
+    assert!(!agent.container_cgroup(&cid).exists());
+    agent.stop().await.expect("a clean stop");
+}
+
+async fn resend_and_reregister() {
+    let master = FakeMaster::start();
+    let agent = start_agent(&master, &["--status-update-retry-min", "1s"]);
+    let (mut session, _) = register(&master).await;
+    session.send(shell_task("t", "sleep 60")).await;
+    let starting = session.update().await;
+    assert_eq!(starting.task_state(), Some(TaskState::TaskStarting));
+    // Not acknowledged (an ack naming another update does not count): sent again, same uuid.
+    let mut wrong = starting.clone();
+    wrong.uuid[0] ^= 1;
+    session.ack(&wrong).await;
+    let t0 = now();
+    let again = session.update().await;
+    let gap = t0.elapsed();
+    assert_eq!(again, starting, "the resend is the same update");
+    assert!(
+        gap >= Duration::from_millis(800) && gap < Duration::from_secs(3),
+        "after ~1s: {gap:?}"
+    );
+    session.ack(&again).await;
+    let running = session.update().await;
+    assert_eq!(running.task_state(), Some(TaskState::TaskRunning));
+
+    // The master drops the connection before acknowledging RUNNING.
+    session.conn.close(0u32.into(), b"master restart");
+    drop(session);
+    let (mut session, r) = master.accept().await;
+    assert_eq!(r.agent_id.as_deref(), Some("agent-1"), "re-registration names the agent");
+    assert_eq!(r.tasks.len(), 1);
+    assert_eq!(r.tasks[0].task.task_id, "t");
+    assert_eq!(r.tasks[0].framework_id, "fw-1");
+    assert_eq!(r.tasks[0].state, TaskState::TaskRunning as i32);
+    session
+        .send(MasterMessage::Registered {
+            agent_id: "agent-1".into(),
+            master_id: "m2".into(),
+            ping_interval_ms: 1000,
+        })
+        .await;
+    let t0 = now();
+    let resent = session.update().await;
+    assert_eq!(resent, running, "the head goes out again right after Registered");
+    assert!(t0.elapsed() < Duration::from_millis(500), "immediately: {:?}", t0.elapsed());
+    session.ack(&resent).await;
+
+    session.send(kill("t", Duration::from_secs(2))).await;
+    session.expect("t", TaskState::TaskKilled).await;
+    agent.stop().await.expect("a clean stop");
+}
+
+async fn users_and_failures() {
+    let master = FakeMaster::start();
+    let agent = start_agent(&master, &[]);
+    let (mut session, _) = register(&master).await;
+
+    // A user that does not exist: refused before anything starts.
+    let cmd = CommandSpec {
+        shell: true,
+        value: Some("true".into()),
+        user: Some("no-such-user-e2e".into()),
+        ..Default::default()
+    };
+    session.send(task("ghost-user", cmd)).await;
+    let failed = session.expect("ghost-user", TaskState::TaskFailed).await;
+    assert_eq!(failed.reason, Some(Reason::ContainerLaunchFailed as i32));
+    assert!(failed.message.contains("no-such-user-e2e"), "{}", failed.message);
+
+    // Runs as nobody, in its sandbox, which nobody owns.
+    let cmd = CommandSpec {
+        shell: true,
+        value: Some("id -u; id -g; pwd; echo oops >&2".into()),
+        user: Some("nobody".into()),
+        ..Default::default()
+    };
+    session.send(task("as-nobody", cmd)).await;
+    let cid = session.expect("as-nobody", TaskState::TaskStarting).await.container_id.expect("cid");
+    session.expect("as-nobody", TaskState::TaskRunning).await;
+    let done = session.expect("as-nobody", TaskState::TaskFinished).await;
+    assert_eq!(done.message, "Command exited with status 0");
+    let sandbox = agent.sandbox("as-nobody", &cid);
+    let nobody = nix::unistd::User::from_name("nobody").expect("lookup").expect("nobody exists");
+    assert_eq!(
+        read(&sandbox.join("stdout")),
+        format!("{}\n{}\n{}\n", nobody.uid, nobody.gid, sandbox.display())
+    );
+    assert_eq!(read(&sandbox.join("stderr")), "oops\n");
+    use std::os::unix::fs::MetadataExt as _;
+    assert_eq!(std::fs::metadata(&sandbox).expect("sandbox").uid(), nobody.uid.as_raw());
+
+    // Not a shell command: `value` exec'd with `arguments` as the whole argv.
+    let cmd = CommandSpec {
+        shell: false,
+        value: Some("/bin/sh".into()),
+        arguments: vec![
+            "my-argv0".into(),
+            "-c".into(),
+            "head -c 8 /proc/$$/cmdline; echo; echo \"$0 $1\"".into(),
+            "zero".into(),
+            "one".into(),
+        ],
+        ..Default::default()
+    };
+    session.send(task("argv", cmd)).await;
+    let cid = session.expect("argv", TaskState::TaskStarting).await.container_id.expect("cid");
+    session.expect("argv", TaskState::TaskRunning).await;
+    session.expect("argv", TaskState::TaskFinished).await;
+    assert_eq!(read(&agent.sandbox("argv", &cid).join("stdout")), "my-argv0\nzero one\n");
+
+    // A program that does not exist: the init reports the failure.
+    let cmd =
+        CommandSpec { shell: false, value: Some("/nonexistent/prog".into()), ..Default::default() };
+    session.send(task("no-prog", cmd)).await;
+    let cid = session.expect("no-prog", TaskState::TaskStarting).await.container_id.expect("cid");
+    let failed = session.expect("no-prog", TaskState::TaskFailed).await;
+    assert_eq!(failed.reason, Some(Reason::ContainerLaunchFailed as i32));
+    assert!(failed.message.contains("/nonexistent/prog"), "{}", failed.message);
+    assert!(!agent.container_cgroup(&cid).exists());
+
+    // A task killed by a signal it did not get from the agent fails.
+    session.send(shell_task("suicide", "kill -KILL $$")).await;
+    session.expect("suicide", TaskState::TaskStarting).await;
+    session.expect("suicide", TaskState::TaskRunning).await;
+    let failed = session.expect("suicide", TaskState::TaskFailed).await;
+    assert_eq!(failed.message, "Command terminated with signal Killed");
+
+    // A second RunTask for a live task is ignored.
+    session.send(shell_task("dup", "sleep 60")).await;
+    session.expect("dup", TaskState::TaskStarting).await;
+    session.expect("dup", TaskState::TaskRunning).await;
+    session.send(shell_task("dup", "true")).await;
+    session.send(kill("dup", Duration::from_secs(2))).await;
+    let u = session.expect("dup", TaskState::TaskKilled).await;
+    assert_eq!(u.message, "Command terminated with signal Terminated");
+    agent.stop().await.expect("a clean stop");
+}
+
+async fn stop_kills_tasks() {
+    let master = FakeMaster::start();
+    let agent = start_agent(&master, &["--default-kill-grace-period", "1s"]);
+    let (mut session, _) = register(&master).await;
+    let (cid, task_pid, init_pid) = run_sleeper(&agent, &mut session, "long", "sleep 60").await;
+    let (cgroup, container) = (agent.cgroup.clone(), agent.container_cgroup(&cid));
+    let run_dir = agent.work_dir.join("containers").join(&cid);
+    assert!(run_dir.join("task.json").exists());
+    let t0 = now();
+    let stopping = tokio::spawn(agent.stop());
+    // The stopping agent still reports (and waits briefly for the ack of) the kill.
+    let killed = session.expect("long", TaskState::TaskKilled).await;
+    assert!(killed.message.starts_with("Command terminated with signal"), "{}", killed.message);
+    stopping.await.expect("join").expect("a clean stop");
+    assert!(t0.elapsed() < Duration::from_secs(5), "stopped in {:?}", t0.elapsed());
+    assert!(!pid_running(task_pid) && !pid_running(init_pid), "no process left");
+    assert!(!container.exists() && !cgroup.exists(), "no cgroup left");
+    assert!(!run_dir.exists(), "no run directory left");
+}
+
+async fn refused() {
+    let master = FakeMaster::start();
+    let mut agent = start_agent(&master, &[]);
+    let (mut session, _) = master.accept().await;
+    session.send(MasterMessage::Refused { reason: "protocol version 1 is too old".into() }).await;
+    match agent.join().await {
+        Err(AgentError::Refused { reason }) => assert_eq!(reason, "protocol version 1 is too old"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(!agent.cgroup.exists());
+}
