@@ -49,12 +49,21 @@ const CASES: &[(&str, CaseFn)] = &[
     ("users_arguments_and_launch_failures", || Box::pin(users_and_failures())),
     ("stopping_the_agent_kills_its_tasks", || Box::pin(stop_kills_tasks())),
     ("refused_agent_stops_with_an_error", || Box::pin(refused())),
+    ("sigterm_stops_an_agent_process_cleanly", || Box::pin(sigterm_stops_agent_process())),
+    ("task_init_outlives_a_killed_agent", || Box::pin(init_outlives_agent())),
 ];
+
+/// `argv[1]` that makes this binary run an agent process (`corral_agent::run`, with its own
+/// signal handling) from the remaining flags.
+const AGENT_ARG: &str = "__agent";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(corral_agent::TASK_INIT_ARG) {
         corral_agent::task_init_main();
+    }
+    if args.get(1).map(String::as_str) == Some(AGENT_ARG) {
+        return agent_process_main(&args[2..]);
     }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -101,6 +110,26 @@ fn main() -> ExitCode {
     }
     println!("{passed} passed, {failed} failed");
     if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
+fn agent_process_main(flags: &[String]) -> ExitCode {
+    let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).try_init();
+    let argv = std::iter::once("agent".to_string()).chain(flags.iter().cloned());
+    let args = Cli::try_parse_from(argv).expect("valid agent flags").agent;
+    let rt = tokio::runtime::Runtime::new().expect("a tokio runtime");
+    match rt.block_on(corral_agent::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[derive(clap::Parser)]
+struct Cli {
+    #[command(flatten)]
+    agent: AgentArgs,
 }
 
 fn skip_reason() -> Option<String> {
@@ -272,7 +301,11 @@ struct Agent {
     cgroup: PathBuf,
 }
 
-fn start_agent(master: &FakeMaster, extra: &[&str]) -> Agent {
+/// A fresh work dir, the agent's cgroup parent name and the flags of an agent for `master`.
+fn agent_flags(
+    master: &FakeMaster,
+    extra: &[&str],
+) -> (tempfile::TempDir, PathBuf, String, Vec<String>) {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let work = tempfile::tempdir().expect("work tempdir");
@@ -282,8 +315,7 @@ fn start_agent(master: &FakeMaster, extra: &[&str]) -> Agent {
     let work_dir = work.path().canonicalize().expect("canonical work dir");
     let parent = format!("corral-e2e-{}-{n}", std::process::id());
     let launcher = std::env::current_exe().expect("own path");
-    let mut argv: Vec<String> = vec![
-        "agent".into(),
+    let mut flags: Vec<String> = vec![
         "--master".into(),
         format!("http://{}", master.addr),
         "--port".into(),
@@ -303,12 +335,13 @@ fn start_agent(master: &FakeMaster, extra: &[&str]) -> Agent {
         "--resources".into(),
         "cpus:3".into(),
     ];
-    argv.extend(extra.iter().map(|s| s.to_string()));
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        agent: AgentArgs,
-    }
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    (work, work_dir, parent, flags)
+}
+
+fn start_agent(master: &FakeMaster, extra: &[&str]) -> Agent {
+    let (work, work_dir, parent, flags) = agent_flags(master, extra);
+    let argv = std::iter::once("agent".to_string()).chain(flags);
     let args = Cli::try_parse_from(argv).expect("valid agent flags").agent;
     let root = corral_agent::cgroup::find_root(None).expect("cgroup2");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -820,4 +853,118 @@ async fn refused() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert!(!agent.cgroup.exists());
+}
+
+/// An agent in its own process (this binary with [`AGENT_ARG`]); killed if the case fails.
+struct AgentProcess {
+    child: tokio::process::Child,
+    _work: tempfile::TempDir,
+    work_dir: PathBuf,
+    cgroup: PathBuf,
+}
+
+fn start_agent_process(master: &FakeMaster, extra: &[&str]) -> AgentProcess {
+    let (work, work_dir, parent, flags) = agent_flags(master, extra);
+    let child = tokio::process::Command::new(std::env::current_exe().expect("own path"))
+        .arg(AGENT_ARG)
+        .args(flags)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the agent process");
+    let root = corral_agent::cgroup::find_root(None).expect("cgroup2");
+    AgentProcess { child, _work: work, work_dir, cgroup: root.join(parent) }
+}
+
+impl AgentProcess {
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id().expect("running") as i32);
+        nix::sys::signal::kill(pid, sig).expect("signal the agent");
+    }
+
+    async fn wait(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("the agent exits in time")
+            .expect("wait")
+    }
+}
+
+async fn sigterm_stops_agent_process() {
+    let master = FakeMaster::start();
+    let mut agent = start_agent_process(&master, &["--default-kill-grace-period", "1s"]);
+    let (mut session, _) = register(&master).await;
+    session.send(shell_task("long", "sleep 60")).await;
+    let cid = session.expect("long", TaskState::TaskStarting).await.container_id.expect("cid");
+    session.expect("long", TaskState::TaskRunning).await;
+    let container = agent.cgroup.join(&cid);
+    assert!(container.is_dir());
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    let killed = session.expect("long", TaskState::TaskKilled).await;
+    assert!(killed.message.starts_with("Command terminated with signal"), "{}", killed.message);
+    let status = agent.wait().await;
+    assert!(status.success(), "a clean stop exits 0: {status}");
+    assert!(!container.exists() && !agent.cgroup.exists(), "no cgroup left");
+    assert!(!agent.work_dir.join("containers").join(&cid).exists(), "no run directory left");
+}
+
+async fn init_outlives_agent() {
+    let master = FakeMaster::start();
+    let mut agent = start_agent_process(&master, &[]);
+    let (mut session, _) = register(&master).await;
+    let marker = agent.work_dir.join("go");
+    let command =
+        format!("while [ ! -e {} ]; do sleep 0.05; done; echo done; exit 7", marker.display());
+    session.send(shell_task("survivor", &command)).await;
+    let cid = session.expect("survivor", TaskState::TaskStarting).await.container_id.expect("cid");
+    session.expect("survivor", TaskState::TaskRunning).await;
+    let container = agent.cgroup.join(&cid);
+    let init_pid = cgroup_procs(&container)
+        .into_iter()
+        .find(|(_, comm)| comm != "sh" && comm != "sleep")
+        .map(|(p, _)| p)
+        .expect("the init");
+
+    // The agent dies without a chance to clean up.
+    agent.signal(nix::sys::signal::Signal::SIGKILL);
+    let status = agent.wait().await;
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    // The init and its task go on; the task finishes and the init records how it ended.
+    assert!(pid_running(init_pid), "the init survives its agent");
+    std::fs::write(&marker, "").expect("marker");
+    let exit_file = agent.work_dir.join("containers").join(&cid).join("exit_status");
+    eventually("the init to record the exit", || exit_file.exists()).await;
+    assert_eq!(read(&exit_file), "exited 7\n");
+    assert_eq!(read(&agent.sandbox_stdout("survivor", &cid)), "done\n");
+    eventually("the init to exit", || !pid_running(init_pid)).await;
+
+    // Nobody recovers it yet: clean up the way a restarted agent will.
+    let cg = corral_agent::cgroup::Cgroup::new(&container);
+    cg.destroy(WAIT).expect("remove the container cgroup");
+    corral_agent::cgroup::Cgroup::new(&agent.cgroup).remove().expect("remove the agent cgroup");
+}
+
+impl Drop for AgentProcess {
+    /// A failed case must not leave tasks behind: kill the agent and whatever containers it
+    /// left, and remove its cgroup.
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        let parent = corral_agent::cgroup::Cgroup::new(&self.cgroup);
+        for name in parent.children().unwrap_or_default() {
+            let _ = parent.child(&name).destroy(WAIT);
+        }
+        let _ = parent.remove();
+    }
+}
+
+impl AgentProcess {
+    fn sandbox_stdout(&self, task_id: &str, container_id: &str) -> PathBuf {
+        self.work_dir
+            .join("slaves/agent-1/frameworks/fw-1/executors")
+            .join(task_id)
+            .join("runs")
+            .join(container_id)
+            .join("stdout")
+    }
 }
