@@ -1,0 +1,266 @@
+//! The v1 scheduler API on the wire, checked with raw HTTP/1.1 over TCP (what `curl -N`
+//! shows): status codes, headers and texts of Mesos, and the SUBSCRIBE stream's chunked
+//! RecordIO framing byte for byte. These need only a master, so they run on any host.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use corral_tests::{Proc, free_port, spawn};
+
+struct Master {
+    _dir: tempfile::TempDir,
+    proc: Proc,
+    port: u16,
+}
+
+impl Drop for Master {
+    fn drop(&mut self) {
+        self.proc.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(5));
+    }
+}
+
+fn master() -> Master {
+    let dir = tempfile::tempdir().unwrap();
+    corral_wire::tls::write_cluster(&dir.path().join("tls"), &["localhost".into()]).unwrap();
+    let port = free_port();
+    let proc = spawn(
+        "master",
+        dir.path(),
+        &[
+            "master",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--work-dir",
+            &dir.path().join("m").display().to_string(),
+            "--tls-dir",
+            &dir.path().join("tls").display().to_string(),
+        ],
+    );
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Master { _dir: dir, proc, port };
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("master did not start: {}", proc.log_text());
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    reader: BufReader<TcpStream>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn body(mut self) -> String {
+        let mut s = String::new();
+        if let Some(len) = self.header("content-length").and_then(|l| l.parse::<usize>().ok()) {
+            let mut buf = vec![0; len];
+            self.reader.read_exact(&mut buf).unwrap();
+            s = String::from_utf8_lossy(&buf).into_owned();
+        }
+        s
+    }
+
+    /// Reads one HTTP chunk (its data).
+    fn chunk(&mut self) -> Vec<u8> {
+        let mut size = String::new();
+        self.reader.read_line(&mut size).unwrap();
+        let n = usize::from_str_radix(size.trim_end(), 16).unwrap_or_else(|_| panic!("bad chunk size line {size:?}"));
+        let mut data = vec![0; n];
+        self.reader.read_exact(&mut data).unwrap();
+        let mut crlf = [0; 2];
+        self.reader.read_exact(&mut crlf).unwrap();
+        assert_eq!(&crlf, b"\r\n");
+        data
+    }
+}
+
+fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).unwrap();
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status: u16 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).unwrap();
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').unwrap();
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Response { status, headers, reader }
+}
+
+const SUBSCRIBE: &str = r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"root","name":"raw-test"}}}"#;
+
+#[test]
+fn subscribe_is_a_chunked_recordio_stream() {
+    let m = master();
+    let mut r = request(
+        m.port,
+        "POST",
+        "/api/v1/scheduler",
+        &[("Content-Type", "application/json"), ("Accept", "application/json"), ("Connection", "close")],
+        SUBSCRIBE,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert!(r.header("content-length").is_none());
+    let stream_id = r.header("mesos-stream-id").expect("Mesos-Stream-Id").to_string();
+    assert!(uuid::Uuid::parse_str(&stream_id).is_ok(), "{stream_id}");
+    // Collect bytes until two whole records arrived.
+    let mut bytes = Vec::new();
+    let mut records = Vec::new();
+    while records.len() < 2 {
+        bytes.extend(r.chunk());
+        records.clear();
+        let mut rest: &[u8] = &bytes;
+        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+            let len: usize = std::str::from_utf8(&rest[..nl]).unwrap().parse().expect("decimal length");
+            if rest.len() < nl + 1 + len {
+                break;
+            }
+            records.push(rest[nl + 1..nl + 1 + len].to_vec());
+            rest = &rest[nl + 1 + len..];
+        }
+    }
+    let first = String::from_utf8(records[0].clone()).unwrap();
+    assert!(first.starts_with(r#"{"type":"SUBSCRIBED","subscribed":{"framework_id":{"value":""#), "{first}");
+    assert!(first.is_ascii() && !first.contains('\n'), "single-line ASCII JSON");
+    assert!(first.contains(r#""heartbeat_interval_seconds":15.0"#), "{first}");
+    assert!(first.contains(r#""master_info":{"#) && first.contains(r#""address":{"#), "{first}");
+    // The second record follows the first with no separator: `<len>\n{...}20\n{"type":"HEARTBEAT"}`.
+    let expected_tail = br#"20
+{"type":"HEARTBEAT"}"#;
+    assert!(bytes.ends_with(expected_tail), "{:?}", String::from_utf8_lossy(&bytes));
+    assert_eq!(bytes.len(), format!("{}\n", records[0].len()).len() + records[0].len() + expected_tail.len());
+}
+
+#[test]
+fn scheduler_api_statuses_and_texts() {
+    let m = master();
+    let post = |headers: &[(&str, &str)], body: &str| {
+        let r = request(m.port, "POST", "/api/v1/scheduler", headers, body);
+        (r.status, r.header("allow").map(String::from), r.body())
+    };
+    let json = [("Content-Type", "application/json")];
+    let r = request(m.port, "GET", "/api/v1/scheduler", &[], "");
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
+    assert_eq!(post(&[], "{}").2, "Expecting 'Content-Type' to be present");
+    let (status, _, body) = post(&[("Content-Type", "text/plain")], "{}");
+    assert_eq!(status, 415);
+    assert_eq!(body, "Expecting 'Content-Type' of application/json or application/x-protobuf");
+    let (status, _, body) = post(&json, "{not json");
+    assert_eq!(status, 400);
+    assert!(body.starts_with("Failed to parse body into JSON: "), "{body}");
+    let (status, _, body) =
+        post(&json, r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"name":"x"}}}"#);
+    assert_eq!(status, 400);
+    assert_eq!(
+        body,
+        "Failed to convert JSON into Call protobuf: Missing required fields: subscribe.framework_info.user"
+    );
+    let (status, _, body) = post(&json, r#"{"type":"SUBSCRIBE"}"#);
+    assert_eq!((status, body.as_str()), (400, "Failed to validate scheduler::Call: Expecting 'subscribe' to be present"));
+    let (status, _, body) = post(&json, r#"{"type":"REVIVE","framework_id":{"value":"nope"}}"#);
+    assert_eq!((status, body.as_str()), (400, "Framework cannot be found"));
+    let (status, _, body) = post(&[("Content-Type", "application/json"), ("Mesos-Stream-Id", "x")], SUBSCRIBE);
+    assert_eq!((status, body.as_str()), (400, "Subscribe calls should not include the 'Mesos-Stream-Id' header"));
+    let (status, _, body) = post(&[("Content-Type", "application/json"), ("Accept", "text/html")], SUBSCRIBE);
+    assert_eq!(status, 406, "{body}");
+    // The same API under /master/..., with a trailing slash.
+    let r = request(m.port, "POST", "/master/api/v1/scheduler/", &json, r#"{"type":"UNKNOWN_CALL"}"#);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body(), "Failed to validate scheduler::Call: Expecting 'type' to be present");
+    // Oversized bodies are refused before they are read.
+    let huge = "x".repeat(9 << 20);
+    let r = request(m.port, "POST", "/api/v1/scheduler", &json, &huge);
+    assert_eq!(r.status, 413);
+}
+
+#[test]
+fn calls_need_the_stream_id_and_get_202() {
+    let m = master();
+    let mut sub = request(
+        m.port,
+        "POST",
+        "/api/v1/scheduler",
+        &[("Content-Type", "application/json")],
+        SUBSCRIBE,
+    );
+    let stream_id = sub.header("mesos-stream-id").unwrap().to_string();
+    let first = String::from_utf8(sub.chunk()).unwrap();
+    let fid = first.split(r#""framework_id":{"value":""#).nth(1).unwrap().split('"').next().unwrap().to_string();
+    let revive = format!(r#"{{"type":"REVIVE","framework_id":{{"value":"{fid}"}}}}"#);
+    let r = request(m.port, "POST", "/api/v1/scheduler", &[("Content-Type", "application/json")], &revive);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body(), "All non-subscribe calls should include the 'Mesos-Stream-Id' header");
+    let r = request(
+        m.port,
+        "POST",
+        "/api/v1/scheduler",
+        &[("Content-Type", "application/json"), ("Mesos-Stream-Id", &stream_id)],
+        &revive,
+    );
+    assert_eq!(r.status, 202);
+    assert_eq!(r.body(), "");
+    // An ACKNOWLEDGE with a uuid that is not 16 bytes is refused by validation.
+    let ack = format!(
+        r#"{{"type":"ACKNOWLEDGE","framework_id":{{"value":"{fid}"}},"acknowledge":{{"agent_id":{{"value":"a"}},"task_id":{{"value":"t"}},"uuid":"AAAA"}}}}"#
+    );
+    let r = request(
+        m.port,
+        "POST",
+        "/api/v1/scheduler",
+        &[("Content-Type", "application/json"), ("Mesos-Stream-Id", &stream_id)],
+        &ack,
+    );
+    assert_eq!((r.status, r.body().as_str()), (400, "Failed to validate scheduler::Call: Not a valid UUID"));
+}
+
+#[test]
+fn read_only_endpoints() {
+    let m = master();
+    let r = request(m.port, "GET", "/health", &[], "");
+    assert_eq!(r.status, 200);
+    let r = request(m.port, "GET", "/version", &[], "");
+    assert_eq!(r.status, 200);
+    let v: serde_json::Value = serde_json::from_str(&r.body()).unwrap();
+    assert_eq!(v["version"], "1.11.0");
+    for path in ["/state", "/master/state", "/master/state/", "/state.json"] {
+        let r = request(m.port, "GET", path, &[], "");
+        assert_eq!(r.status, 200, "{path}");
+        let v: serde_json::Value = serde_json::from_str(&r.body()).unwrap();
+        assert_eq!(v["version"], "1.11.0");
+        assert!(v["leader_info"]["address"]["port"].as_u64() == Some(u64::from(m.port)), "{v}");
+        for key in ["slaves", "frameworks", "completed_frameworks", "flags", "id", "pid", "hostname"] {
+            assert!(!v[key].is_null(), "{path}: {key} missing");
+        }
+    }
+    let r = request(m.port, "GET", "/state?jsonp=cb", &[], "");
+    assert_eq!(r.header("content-type"), Some("text/javascript"));
+    assert!(r.body().starts_with("cb({"));
+    let r = request(m.port, "GET", "/redirect", &[], "");
+    assert_eq!(r.status, 307);
+    assert_eq!(r.header("location"), Some(format!("//127.0.0.1:{}", m.port).as_str()));
+}
