@@ -72,20 +72,20 @@ pub struct AgentArgs {
 
     /// Time between SIGTERM and SIGKILL when a task is killed and neither the kill request
     /// nor the task names one (`3s`, `500ms`).
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = parse_duration, value_name = "DURATION")]
     pub default_kill_grace_period: Duration,
 
     /// Longest wait between two attempts to reach the master (the wait starts at 100ms and
     /// doubles).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub reregister_backoff_max: Duration,
 
     /// First wait before an unacknowledged status update is sent again (then doubling).
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub status_update_retry_min: Duration,
 
     /// Longest wait between two sends of an unacknowledged status update.
-    #[arg(long, default_value = "10min", value_parser = parse_duration)]
+    #[arg(long, default_value = "10min", value_parser = parse_duration, value_name = "DURATION")]
     pub status_update_retry_max: Duration,
 
     /// The binary that runs the per-task init (`BINARY __task-init ...`)

@@ -273,7 +273,9 @@ impl Core {
 
     /// The earliest time [`Core::handle_timeout`] has work to do.
     pub fn next_timeout(&self) -> Option<Instant> {
-        let retries = self.entries.values().filter_map(|e| e.retry.map(|r| r.at));
+        let registered = self.link == Link::Registered;
+        let retries =
+            self.entries.values().filter_map(|e| e.retry.filter(|_| registered).map(|r| r.at));
         let kills = self.tasks().filter_map(|t| t.kill.and_then(|k| k.deadline));
         retries.chain(kills).min()
     }
@@ -389,6 +391,10 @@ impl Core {
 
     fn connected(&mut self, http_address: String) {
         self.link = Link::Registering;
+        // Heads go out again once registered, with fresh timers.
+        for e in self.entries.values_mut() {
+            e.retry = None;
+        }
         self.config.registration.http_address = http_address;
         let mut registration = self.config.registration.clone();
         registration.agent_id = self.agent_id.clone();
@@ -1063,6 +1069,25 @@ mod tests {
         });
         assert_eq!(one_update(&cmds), starting);
         assert_eq!(h.core.next_timeout(), Some(h.base + 210 * SEC));
+    }
+
+    #[test]
+    fn a_new_connection_without_a_disconnect_rearms_nothing_until_registered() {
+        let mut h = Harness::new();
+        h.register();
+        let cid = h.run("t1");
+        let starting = one_update(&h.handle(Event::Launched { container_id: cid }));
+        // The transport reports a new connection straight away: no timer may stay due while
+        // the core cannot send (the shell would spin on it).
+        h.handle(Event::Connected { http_address: "a".into() });
+        assert_eq!(h.core.next_timeout(), None);
+        assert!(h.advance_to(60 * SEC).is_empty());
+        let cmds = h.master(MasterMessage::Registered {
+            agent_id: "agent-1".into(),
+            master_id: "m".into(),
+            ping_interval_ms: 1,
+        });
+        assert_eq!(one_update(&cmds), starting);
     }
 
     #[test]
