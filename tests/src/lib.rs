@@ -6,6 +6,8 @@
 //! or `$CORRAL_BIN`). Tests that need what a host may lack (root, a cgroup2 mount) call
 //! [`require_agent_host`] first, which prints `SKIP <why>` and returns false there.
 #![forbid(unsafe_code)]
+// Tests drive real processes and measure real time; the no-clock rule is for the cores.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -233,7 +235,9 @@ impl Cluster {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", self.master_port)).is_ok()
-                && block_on(async { reqwest::get(&url).await.map(|r| r.status().is_success()).unwrap_or(false) })
+                && block_on(async {
+                    reqwest::get(&url).await.map(|r| r.status().is_success()).unwrap_or(false)
+                })
             {
                 return;
             }
@@ -262,7 +266,8 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let logs: Vec<String> = self.agents.iter().map(|a| format!("== {}\n{}", a.name, a.log_text())).collect();
+        let logs: Vec<String> =
+            self.agents.iter().map(|a| format!("== {}\n{}", a.name, a.log_text())).collect();
         panic!("{n} agents did not register in {timeout:?}\n{}", logs.join("\n"));
     }
 

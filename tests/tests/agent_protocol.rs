@@ -2,6 +2,9 @@
 //! from another CA) is refused at the handshake; a peer that sends a malformed record is
 //! dropped while the master keeps serving the real agent.
 
+// Tests drive real processes and measure real time; the no-clock rule is for the cores.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use corral_tests::{Cluster, ClusterOptions, require_agent_host};
@@ -21,8 +24,15 @@ fn endpoint(config: quinn::ClientConfig) -> quinn::Endpoint {
 }
 
 /// Tries to register as an agent; returns what the master answered, or the error.
-async fn try_register(ep: &quinn::Endpoint, master: std::net::SocketAddr) -> Result<MasterMessage, String> {
-    let conn = ep.connect(master, "localhost").map_err(|e| e.to_string())?.await.map_err(|e| e.to_string())?;
+async fn try_register(
+    ep: &quinn::Endpoint,
+    master: std::net::SocketAddr,
+) -> Result<MasterMessage, String> {
+    let conn = ep
+        .connect(master, "localhost")
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let reg = AgentMessage::Register(Registration {
         protocol_version: PROTOCOL_VERSION,
@@ -125,7 +135,8 @@ fn a_malformed_record_drops_that_peer_only() {
 
 #[test]
 fn a_registered_agent_sending_garbage_is_dropped_and_marked_disconnected() {
-    if !require_agent_host("a_registered_agent_sending_garbage_is_dropped_and_marked_disconnected") {
+    if !require_agent_host("a_registered_agent_sending_garbage_is_dropped_and_marked_disconnected")
+    {
         return;
     }
     let cluster = Cluster::start(ClusterOptions::default());

@@ -2,12 +2,17 @@
 //! starting and stopping clean, the table commands, and an independent scheduler written in
 //! Python from the API reference alone (`tests/python/reference_scheduler.py`).
 
+// Tests drive real processes and measure real time; the no-clock rule is for the cores.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corral_tests::{Cluster, ClusterOptions, cgroup_populated, corral_bin, free_port, require_agent_host};
+use corral_tests::{
+    Cluster, ClusterOptions, cgroup_populated, corral_bin, free_port, require_agent_host,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -40,7 +45,14 @@ fn task_cgroups(cluster: &Cluster) -> Vec<std::path::PathBuf> {
     cluster
         .agent_cgroups
         .iter()
-        .flat_map(|cg| std::fs::read_dir(cg).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()))
+        .flat_map(|cg| {
+            std::fs::read_dir(cg)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir())
+        })
         .collect()
 }
 
@@ -102,7 +114,15 @@ fn a_task_ignoring_sigterm_is_killed_after_the_grace_period() {
     }
     let cluster = Cluster::start(ClusterOptions::default());
     let mut child = Command::new(corral_bin())
-        .args(["run", "--master", cluster.master_addr().host_port(), "--", "sh", "-c", "trap '' TERM; sleep 120"])
+        .args([
+            "run",
+            "--master",
+            cluster.master_addr().host_port(),
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM; sleep 120",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -165,7 +185,15 @@ fn corral_dev_comes_up_runs_a_task_and_stops_clean() {
     let work = dir.path().join("dev");
     let port = free_port();
     let mut dev = Command::new(corral_bin())
-        .args(["dev", "--agents", "2", "--port", &port.to_string(), "--work-dir", &work.display().to_string()])
+        .args([
+            "dev",
+            "--agents",
+            "2",
+            "--port",
+            &port.to_string(),
+            "--work-dir",
+            &work.display().to_string(),
+        ])
         .args(["--agent-resources", "cpus:1;mem:512;ports:[32000-32010]"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -228,7 +256,9 @@ fn a_scheduler_written_from_the_reference_launches_and_kills_tasks() {
     }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/reference_scheduler.py");
     if Command::new("python3").arg("--version").output().is_err() {
-        eprintln!("SKIP a_scheduler_written_from_the_reference_launches_and_kills_tasks: no python3");
+        eprintln!(
+            "SKIP a_scheduler_written_from_the_reference_launches_and_kills_tasks: no python3"
+        );
         return;
     }
     let cluster = Cluster::start(ClusterOptions::default());
@@ -240,7 +270,11 @@ fn a_scheduler_written_from_the_reference_launches_and_kills_tasks() {
             .args(extra)
             .output()
             .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         (out.status.code(), text)
     };
     let (code, text) = run(&["--cmd", "echo hello-from-python"]);

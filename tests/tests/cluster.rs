@@ -1,6 +1,9 @@
 //! End-to-end tests on real processes: a `corral master` and `corral agent`s on loopback,
 //! frameworks speaking the v1 scheduler API over HTTP.
 
+// Tests drive real processes and measure real time; the no-clock rule is for the cores.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -20,14 +23,21 @@ fn framework(name: &str, caps: &[v1::framework_info::capability::Type]) -> v1::F
     v1::FrameworkInfo {
         user: "root".into(),
         name: name.into(),
-        capabilities: caps.iter().map(|c| v1::framework_info::Capability { r#type: Some(*c as i32) }).collect(),
+        capabilities: caps
+            .iter()
+            .map(|c| v1::framework_info::Capability { r#type: Some(*c as i32) })
+            .collect(),
         ..Default::default()
     }
 }
 
 /// Launches `n` short tasks as one framework, packing each offer; returns every terminal
 /// update received per task as (state, uuid).
-async fn run_short_tasks(master: MasterAddr, name: &str, n: usize) -> BTreeMap<String, Vec<(TaskState, Vec<u8>)>> {
+async fn run_short_tasks(
+    master: MasterAddr,
+    name: &str,
+    n: usize,
+) -> BTreeMap<String, Vec<(TaskState, Vec<u8>)>> {
     let mut sched = Scheduler::subscribe(&master, framework(name, &[])).await.expect("subscribe");
     let per_task = Resources::new().with_scalar("cpus", 0.1).with_scalar("mem", 16.0);
     let mut launched = 0usize;
@@ -53,7 +63,13 @@ async fn run_short_tasks(master: MasterAddr, name: &str, n: usize) -> BTreeMap<S
                     let mut tasks = Vec::new();
                     while launched < n && free.contains(&per_task) {
                         let id = format!("{name}-{launched:03}");
-                        tasks.push(command_task(&id, &id, &offer.agent_id, &["true".to_string()], &per_task));
+                        tasks.push(command_task(
+                            &id,
+                            &id,
+                            &offer.agent_id,
+                            &["true".to_string()],
+                            &per_task,
+                        ));
                         free.subtract(&per_task);
                         launched += 1;
                     }
@@ -97,11 +113,19 @@ fn three_agents_two_frameworks_200_tasks_each_terminal_exactly_once() {
     let addr = cluster.master_addr();
     let started = Instant::now();
     let (a, b) = runtime().block_on(async {
-        tokio::join!(run_short_tasks(addr.clone(), "fw-a", 100), run_short_tasks(addr.clone(), "fw-b", 100))
+        tokio::join!(
+            run_short_tasks(addr.clone(), "fw-a", 100),
+            run_short_tasks(addr.clone(), "fw-b", 100)
+        )
     });
     eprintln!("200 tasks on 3 agents in {:?}", started.elapsed());
     for (name, got) in [("fw-a", a), ("fw-b", b)] {
-        assert_eq!(got.len(), 100, "{name}: every task reached a terminal state\n{}", cluster.logs());
+        assert_eq!(
+            got.len(),
+            100,
+            "{name}: every task reached a terminal state\n{}",
+            cluster.logs()
+        );
         for (task, updates) in got {
             assert_eq!(updates.len(), 1, "{task}: exactly one terminal update, got {updates:?}");
             assert_eq!(updates[0].0, TaskState::TaskFinished, "{task}");
@@ -185,7 +209,9 @@ async fn wait_lost(sched: &mut Scheduler, task_id: &str) -> (v1::TaskStatus, usi
 
 #[test]
 fn sigkilled_agent_tasks_become_lost_or_unreachable_and_it_is_never_offered_again() {
-    if !require_agent_host("sigkilled_agent_tasks_become_lost_or_unreachable_and_it_is_never_offered_again") {
+    if !require_agent_host(
+        "sigkilled_agent_tasks_become_lost_or_unreachable_and_it_is_never_offered_again",
+    ) {
         return;
     }
     let mut cluster = Cluster::start(ClusterOptions {
@@ -255,7 +281,15 @@ fn a_task_runs_on_the_cluster_and_its_sandbox_is_readable() {
     }
     let cluster = Cluster::start(ClusterOptions::default());
     let out = std::process::Command::new(corral_tests::corral_bin())
-        .args(["run", "--master", cluster.master_addr().host_port(), "--", "sh", "-c", "echo hello; echo oops >&2"])
+        .args([
+            "run",
+            "--master",
+            cluster.master_addr().host_port(),
+            "--",
+            "sh",
+            "-c",
+            "echo hello; echo oops >&2",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -2,6 +2,9 @@
 //! shows): status codes, headers and texts of Mesos, and the SUBSCRIBE stream's chunked
 //! RecordIO framing byte for byte. These need only a master, so they run on any host.
 
+// Tests drive real processes and measure real time; the no-clock rule is for the cores.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -73,7 +76,8 @@ impl Response {
     fn chunk(&mut self) -> Vec<u8> {
         let mut size = String::new();
         self.reader.read_line(&mut size).unwrap();
-        let n = usize::from_str_radix(size.trim_end(), 16).unwrap_or_else(|_| panic!("bad chunk size line {size:?}"));
+        let n = usize::from_str_radix(size.trim_end(), 16)
+            .unwrap_or_else(|_| panic!("bad chunk size line {size:?}"));
         let mut data = vec![0; n];
         self.reader.read_exact(&mut data).unwrap();
         let mut crlf = [0; 2];
@@ -110,7 +114,8 @@ fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: 
     Response { status, headers, reader }
 }
 
-const SUBSCRIBE: &str = r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"root","name":"raw-test"}}}"#;
+const SUBSCRIBE: &str =
+    r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"root","name":"raw-test"}}}"#;
 
 #[test]
 fn subscribe_is_a_chunked_recordio_stream() {
@@ -119,7 +124,11 @@ fn subscribe_is_a_chunked_recordio_stream() {
         m.port,
         "POST",
         "/api/v1/scheduler",
-        &[("Content-Type", "application/json"), ("Accept", "application/json"), ("Connection", "close")],
+        &[
+            ("Content-Type", "application/json"),
+            ("Accept", "application/json"),
+            ("Connection", "close"),
+        ],
         SUBSCRIBE,
     );
     assert_eq!(r.status, 200);
@@ -136,7 +145,8 @@ fn subscribe_is_a_chunked_recordio_stream() {
         records.clear();
         let mut rest: &[u8] = &bytes;
         while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-            let len: usize = std::str::from_utf8(&rest[..nl]).unwrap().parse().expect("decimal length");
+            let len: usize =
+                std::str::from_utf8(&rest[..nl]).unwrap().parse().expect("decimal length");
             if rest.len() < nl + 1 + len {
                 break;
             }
@@ -145,7 +155,10 @@ fn subscribe_is_a_chunked_recordio_stream() {
         }
     }
     let first = String::from_utf8(records[0].clone()).unwrap();
-    assert!(first.starts_with(r#"{"type":"SUBSCRIBED","subscribed":{"framework_id":{"value":""#), "{first}");
+    assert!(
+        first.starts_with(r#"{"type":"SUBSCRIBED","subscribed":{"framework_id":{"value":""#),
+        "{first}"
+    );
     assert!(first.is_ascii() && !first.contains('\n'), "single-line ASCII JSON");
     assert!(first.contains(r#""heartbeat_interval_seconds":15.0"#), "{first}");
     assert!(first.contains(r#""master_info":{"#) && first.contains(r#""address":{"#), "{first}");
@@ -153,7 +166,10 @@ fn subscribe_is_a_chunked_recordio_stream() {
     let expected_tail = br#"20
 {"type":"HEARTBEAT"}"#;
     assert!(bytes.ends_with(expected_tail), "{:?}", String::from_utf8_lossy(&bytes));
-    assert_eq!(bytes.len(), format!("{}\n", records[0].len()).len() + records[0].len() + expected_tail.len());
+    assert_eq!(
+        bytes.len(),
+        format!("{}\n", records[0].len()).len() + records[0].len() + expected_tail.len()
+    );
 }
 
 #[test]
@@ -181,15 +197,24 @@ fn scheduler_api_statuses_and_texts() {
         "Failed to convert JSON into Call protobuf: Missing required fields: subscribe.framework_info.user"
     );
     let (status, _, body) = post(&json, r#"{"type":"SUBSCRIBE"}"#);
-    assert_eq!((status, body.as_str()), (400, "Failed to validate scheduler::Call: Expecting 'subscribe' to be present"));
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "Failed to validate scheduler::Call: Expecting 'subscribe' to be present")
+    );
     let (status, _, body) = post(&json, r#"{"type":"REVIVE","framework_id":{"value":"nope"}}"#);
     assert_eq!((status, body.as_str()), (400, "Framework cannot be found"));
-    let (status, _, body) = post(&[("Content-Type", "application/json"), ("Mesos-Stream-Id", "x")], SUBSCRIBE);
-    assert_eq!((status, body.as_str()), (400, "Subscribe calls should not include the 'Mesos-Stream-Id' header"));
-    let (status, _, body) = post(&[("Content-Type", "application/json"), ("Accept", "text/html")], SUBSCRIBE);
+    let (status, _, body) =
+        post(&[("Content-Type", "application/json"), ("Mesos-Stream-Id", "x")], SUBSCRIBE);
+    assert_eq!(
+        (status, body.as_str()),
+        (400, "Subscribe calls should not include the 'Mesos-Stream-Id' header")
+    );
+    let (status, _, body) =
+        post(&[("Content-Type", "application/json"), ("Accept", "text/html")], SUBSCRIBE);
     assert_eq!(status, 406, "{body}");
     // The same API under /master/..., with a trailing slash.
-    let r = request(m.port, "POST", "/master/api/v1/scheduler/", &json, r#"{"type":"UNKNOWN_CALL"}"#);
+    let r =
+        request(m.port, "POST", "/master/api/v1/scheduler/", &json, r#"{"type":"UNKNOWN_CALL"}"#);
     assert_eq!(r.status, 400);
     assert_eq!(r.body(), "Failed to validate scheduler::Call: Expecting 'type' to be present");
     // Oversized bodies are refused before they are read.
@@ -210,9 +235,22 @@ fn calls_need_the_stream_id_and_get_202() {
     );
     let stream_id = sub.header("mesos-stream-id").unwrap().to_string();
     let first = String::from_utf8(sub.chunk()).unwrap();
-    let fid = first.split(r#""framework_id":{"value":""#).nth(1).unwrap().split('"').next().unwrap().to_string();
+    let fid = first
+        .split(r#""framework_id":{"value":""#)
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
     let revive = format!(r#"{{"type":"REVIVE","framework_id":{{"value":"{fid}"}}}}"#);
-    let r = request(m.port, "POST", "/api/v1/scheduler", &[("Content-Type", "application/json")], &revive);
+    let r = request(
+        m.port,
+        "POST",
+        "/api/v1/scheduler",
+        &[("Content-Type", "application/json")],
+        &revive,
+    );
     assert_eq!(r.status, 400);
     assert_eq!(r.body(), "All non-subscribe calls should include the 'Mesos-Stream-Id' header");
     let r = request(
@@ -235,7 +273,10 @@ fn calls_need_the_stream_id_and_get_202() {
         &[("Content-Type", "application/json"), ("Mesos-Stream-Id", &stream_id)],
         &ack,
     );
-    assert_eq!((r.status, r.body().as_str()), (400, "Failed to validate scheduler::Call: Not a valid UUID"));
+    assert_eq!(
+        (r.status, r.body().as_str()),
+        (400, "Failed to validate scheduler::Call: Not a valid UUID")
+    );
 }
 
 #[test]
@@ -253,7 +294,9 @@ fn read_only_endpoints() {
         let v: serde_json::Value = serde_json::from_str(&r.body()).unwrap();
         assert_eq!(v["version"], "1.11.0");
         assert!(v["leader_info"]["address"]["port"].as_u64() == Some(u64::from(m.port)), "{v}");
-        for key in ["slaves", "frameworks", "completed_frameworks", "flags", "id", "pid", "hostname"] {
+        for key in
+            ["slaves", "frameworks", "completed_frameworks", "flags", "id", "pid", "hostname"]
+        {
             assert!(!v[key].is_null(), "{path}: {key} missing");
         }
     }

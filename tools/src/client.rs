@@ -78,7 +78,8 @@ impl FromStr for MasterAddr {
         if rest.contains('/') || rest.is_empty() {
             return Err(ClientError::BadAddress(s.into()));
         }
-        let (host, port) = rest.rsplit_once(':').ok_or_else(|| ClientError::BadAddress(s.into()))?;
+        let (host, port) =
+            rest.rsplit_once(':').ok_or_else(|| ClientError::BadAddress(s.into()))?;
         if host.is_empty() || port.parse::<u16>().is_err() {
             return Err(ClientError::BadAddress(s.into()));
         }
@@ -164,7 +165,10 @@ impl Drop for Scheduler {
 
 impl Scheduler {
     /// SUBSCRIBEs and waits for SUBSCRIBED (an ERROR event becomes [`ClientError::Refused`]).
-    pub async fn subscribe(master: &MasterAddr, info: v1::FrameworkInfo) -> Result<Scheduler, ClientError> {
+    pub async fn subscribe(
+        master: &MasterAddr,
+        info: v1::FrameworkInfo,
+    ) -> Result<Scheduler, ClientError> {
         let http = http();
         let url = master.url("/api/v1/scheduler");
         let framework_id = info.id.clone();
@@ -223,7 +227,9 @@ impl Scheduler {
                     }
                 }
             }
-            let _ = tx.send(Err(ClientError::Stream("the master closed the event stream".into()))).await;
+            let _ = tx
+                .send(Err(ClientError::Stream("the master closed the event stream".into())))
+                .await;
         });
         let first = events
             .recv()
@@ -242,7 +248,9 @@ impl Scheduler {
                     master_info: s.master_info,
                 })
             }
-            event::Type::Error => Err(ClientError::Refused(first.error.map(|e| e.message).unwrap_or_default())),
+            event::Type::Error => {
+                Err(ClientError::Refused(first.error.map(|e| e.message).unwrap_or_default()))
+            }
             other => Err(ClientError::Stream(format!("expected SUBSCRIBED first, got {other:?}"))),
         }
     }
@@ -311,7 +319,11 @@ impl Scheduler {
         self.call(c).await
     }
 
-    pub async fn decline(&self, offers: Vec<v1::OfferId>, refuse_seconds: Option<f64>) -> Result<(), ClientError> {
+    pub async fn decline(
+        &self,
+        offers: Vec<v1::OfferId>,
+        refuse_seconds: Option<f64>,
+    ) -> Result<(), ClientError> {
         let mut c = Self::typed(call::Type::Decline);
         c.decline = Some(call::Decline {
             offer_ids: offers,
@@ -408,7 +420,10 @@ mod tests {
     fn master_addresses() {
         assert_eq!("127.0.0.1:5050".parse::<MasterAddr>().unwrap().base(), "http://127.0.0.1:5050");
         assert_eq!("http://h:1/".parse::<MasterAddr>().unwrap().host_port(), "h:1");
-        assert!(matches!("zk://h:2181/mesos".parse::<MasterAddr>(), Err(ClientError::ZooKeeper(_))));
+        assert!(matches!(
+            "zk://h:2181/mesos".parse::<MasterAddr>(),
+            Err(ClientError::ZooKeeper(_))
+        ));
         assert!("h".parse::<MasterAddr>().is_err());
         assert!("h:99999".parse::<MasterAddr>().is_err());
         assert!("http://h:1/x".parse::<MasterAddr>().is_err());

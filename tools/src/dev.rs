@@ -132,7 +132,8 @@ async fn wait_ready(master: &MasterAddr, agents: usize, procs: &mut [Proc]) -> a
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
-    std::fs::create_dir_all(&args.work_dir).with_context(|| format!("creating {}", args.work_dir.display()))?;
+    std::fs::create_dir_all(&args.work_dir)
+        .with_context(|| format!("creating {}", args.work_dir.display()))?;
     let work = std::fs::canonicalize(&args.work_dir)?;
     let tls = work.join("tls");
     if !tls.join("ca.pem").exists() {

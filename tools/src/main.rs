@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use corral_tools::client::MasterAddr;
 
 #[derive(Debug, Parser)]
-#[command(name = "corral", version, about = "Corral: a cluster manager that speaks the Apache Mesos v1 APIs")]
+#[command(
+    name = "corral",
+    version,
+    about = "Corral: a cluster manager that speaks the Apache Mesos v1 APIs"
+)]
 struct Cli {
     /// Log filter (RUST_LOG syntax), e.g. `info`, `corral_master=debug`.
     #[arg(long, global = true, env = "CORRAL_LOG", default_value = "info")]
@@ -102,7 +106,8 @@ fn main() -> ExitCode {
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    let (Ok(mut int), Ok(mut term)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
     else {
         // Without signal handlers the daemon can only be killed; wait forever.
         return std::future::pending().await;

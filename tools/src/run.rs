@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use corral_tools::client::{self, MasterAddr, Scheduler, command_task};
+use corral_wire::mesos::is_terminal;
 use corral_wire::mesos::v1::scheduler::event;
 use corral_wire::mesos::v1::{self, TaskState};
-use corral_wire::mesos::is_terminal;
 use corral_wire::resources::Resources;
 
 #[derive(Debug, clap::Args)]
@@ -54,7 +54,9 @@ pub struct RunArgs {
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
-    s.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected NAME=VALUE, got '{s}'"))
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected NAME=VALUE, got '{s}'"))
 }
 
 fn current_user() -> String {
@@ -73,7 +75,9 @@ fn say(msg: impl AsRef<str>) {
 fn exit_code(status: &v1::TaskStatus, interrupted: bool) -> u8 {
     match status.state() {
         TaskState::TaskFinished => 0,
-        TaskState::TaskFailed => client::exit_code_of(status.message()).map(|c| c.clamp(0, 255) as u8).unwrap_or(1),
+        TaskState::TaskFailed => {
+            client::exit_code_of(status.message()).map(|c| c.clamp(0, 255) as u8).unwrap_or(1)
+        }
         TaskState::TaskKilled if interrupted => 130,
         TaskState::TaskKilled => 137,
         _ => 1,
@@ -215,7 +219,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let status = last.expect("the loop only ends on a terminal update");
-    if !args.no_output && let Some((agent, base)) = &launched {
+    if !args.no_output
+        && let Some((agent, base)) = &launched
+    {
         print_output(base, sched.framework_id(), &task_id, agent).await;
     }
     let _ = sched.teardown().await;
@@ -238,7 +244,13 @@ async fn print_output(agent_base: &str, framework_id: &str, task_id: &str, agent
         .flatten()
         .filter(|f| f["id"] == framework_id)
         .flat_map(|f| {
-            f["executors"].as_array().into_iter().chain(f["completed_executors"].as_array()).flatten().cloned().collect::<Vec<_>>()
+            f["executors"]
+                .as_array()
+                .into_iter()
+                .chain(f["completed_executors"].as_array())
+                .flatten()
+                .cloned()
+                .collect::<Vec<_>>()
         })
         .find(|e| e["id"] == task_id)
         .and_then(|e| e["directory"].as_str().map(String::from));

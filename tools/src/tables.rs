@@ -24,7 +24,8 @@ fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
         }
     }
     let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let s: Vec<String> =
+            cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
         println!("{}", s.join("  ").trim_end());
     };
     line(header.iter().map(|s| s.to_string()).collect());
@@ -62,11 +63,18 @@ pub async fn agents(args: TableArgs) -> anyhow::Result<ExitCode> {
             vec![
                 s(&a["id"]),
                 s(&a["hostname"]),
-                if a["active"].as_bool() == Some(true) { "active".into() } else { "disconnected".into() },
+                if a["active"].as_bool() == Some(true) {
+                    "active".into()
+                } else {
+                    "disconnected".into()
+                },
                 format!("{}/{}", num(&a["used_resources"]["cpus"]), num(&a["resources"]["cpus"])),
                 format!("{}/{}", num(&a["used_resources"]["mem"]), num(&a["resources"]["mem"])),
                 format!("{}/{}", num(&a["used_resources"]["disk"]), num(&a["resources"]["disk"])),
-                a["isolation"]["not_enforced"].as_array().map(|v| v.iter().map(s).collect::<Vec<_>>().join("; ")).unwrap_or_default(),
+                a["isolation"]["not_enforced"]
+                    .as_array()
+                    .map(|v| v.iter().map(s).collect::<Vec<_>>().join("; "))
+                    .unwrap_or_default(),
             ]
         })
         .collect();
@@ -86,7 +94,8 @@ pub async fn frameworks(args: TableArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         return emit_json(fws);
     }
-    let active: Vec<String> = st["frameworks"].as_array().into_iter().flatten().map(|f| s(&f["id"])).collect();
+    let active: Vec<String> =
+        st["frameworks"].as_array().into_iter().flatten().map(|f| s(&f["id"])).collect();
     let rows = fws
         .iter()
         .map(|f| {
@@ -102,7 +111,10 @@ pub async fn frameworks(args: TableArgs) -> anyhow::Result<ExitCode> {
                 s(&f["name"]),
                 s(&f["user"]),
                 state.into(),
-                f["roles"].as_array().map(|r| r.iter().map(s).collect::<Vec<_>>().join(",")).unwrap_or_default(),
+                f["roles"]
+                    .as_array()
+                    .map(|r| r.iter().map(s).collect::<Vec<_>>().join(","))
+                    .unwrap_or_default(),
                 f["tasks"].as_array().map(|t| t.len()).unwrap_or(0).to_string(),
                 num(&f["used_resources"]["cpus"]),
                 num(&f["used_resources"]["mem"]),
@@ -116,7 +128,12 @@ pub async fn frameworks(args: TableArgs) -> anyhow::Result<ExitCode> {
 pub async fn tasks(args: TableArgs) -> anyhow::Result<ExitCode> {
     let st = client::state(&args.master).await?;
     let mut all = Vec::new();
-    for f in st["frameworks"].as_array().into_iter().chain(st["completed_frameworks"].as_array()).flatten() {
+    for f in st["frameworks"]
+        .as_array()
+        .into_iter()
+        .chain(st["completed_frameworks"].as_array())
+        .flatten()
+    {
         for key in ["tasks", "unreachable_tasks", "completed_tasks"] {
             all.extend(f[key].as_array().into_iter().flatten().cloned());
         }

@@ -155,7 +155,7 @@ fn master_message() -> impl Strategy<Value = MasterMessage> {
 }
 
 fn read_all_agent(bytes: &[u8], max: usize) -> Result<Vec<AgentMessage>, FrameError> {
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     rt.block_on(async {
         let mut r = bytes;
         let mut reader = FrameReader::new(max);

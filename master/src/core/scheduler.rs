@@ -743,7 +743,7 @@ impl Master {
                 return;
             }
             let grace = policy
-                .or_else(|| task.info.as_ref().and_then(|i| i.kill_policy.clone()))
+                .or_else(|| task.info.as_ref().and_then(|i| i.kill_policy))
                 .and_then(|k| k.grace_period)
                 .map(|d| d.nanoseconds.max(0) as u64);
             let agent = task.agent_id.clone();

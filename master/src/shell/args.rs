@@ -91,15 +91,15 @@ impl MasterArgs {
     pub fn core_config(&self) -> Result<MasterConfig, MasterError> {
         let mut weights = Vec::new();
         for item in self.weights.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (role, w) = item
-                .split_once('=')
-                .ok_or_else(|| MasterError::Flag(format!("--weights: expected ROLE=WEIGHT, got '{item}'")))?;
-            corral_wire::mesos::validate_role(role).map_err(|e| MasterError::Flag(format!("--weights: {e}")))?;
-            let w: f64 = w
-                .parse()
-                .ok()
-                .filter(|w: &f64| w.is_finite() && *w > 0.0)
-                .ok_or_else(|| MasterError::Flag(format!("--weights: '{w}' is not a positive number")))?;
+            let (role, w) = item.split_once('=').ok_or_else(|| {
+                MasterError::Flag(format!("--weights: expected ROLE=WEIGHT, got '{item}'"))
+            })?;
+            corral_wire::mesos::validate_role(role)
+                .map_err(|e| MasterError::Flag(format!("--weights: {e}")))?;
+            let w: f64 =
+                w.parse().ok().filter(|w: &f64| w.is_finite() && *w > 0.0).ok_or_else(|| {
+                    MasterError::Flag(format!("--weights: '{w}' is not a positive number"))
+                })?;
             weights.push((role.to_string(), w));
         }
         if self.agent_ping_timeout.is_zero() {
@@ -125,7 +125,10 @@ impl MasterArgs {
             ("port".into(), self.port.to_string()),
             ("hostname".into(), self.hostname.clone().unwrap_or_default()),
             ("work_dir".into(), self.work_dir.display().to_string()),
-            ("agent_ping_timeout".into(), humantime::format_duration(self.agent_ping_timeout).to_string()),
+            (
+                "agent_ping_timeout".into(),
+                humantime::format_duration(self.agent_ping_timeout).to_string(),
+            ),
             ("max_agent_ping_timeouts".into(), self.max_agent_ping_timeouts.to_string()),
             ("weights".into(), self.weights.clone()),
             ("max_completed_frameworks".into(), self.max_completed_frameworks.to_string()),

@@ -56,9 +56,7 @@ pub fn router(handle: Handle) -> Router {
             .route(&format!("{prefix}/state.json"), get(state_handler))
             .route(&format!("{prefix}/redirect"), get(redirect));
     }
-    r.route("/version", get(version))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(handle)
+    r.route("/version", get(version)).layer(DefaultBodyLimit::max(MAX_BODY)).with_state(handle)
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
@@ -99,7 +97,12 @@ pub fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
     !any_header
 }
 
-async fn scheduler(State(handle): State<Handle>, method: Method, headers: HeaderMap, body: Bytes) -> Response {
+async fn scheduler(
+    State(handle): State<Handle>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if method != Method::POST {
         return (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")], "").into_response();
     }
@@ -109,7 +112,9 @@ async fn scheduler(State(handle): State<Handle>, method: Method, headers: Header
     let call: Call = match media_type(ct).as_str() {
         APPLICATION_JSON => match json::from_slice::<Call>(&body) {
             Ok(c) => c,
-            Err(JsonError::Syntax(e)) => return bad_request(format!("Failed to parse body into JSON: {e}")),
+            Err(JsonError::Syntax(e)) => {
+                return bad_request(format!("Failed to parse body into JSON: {e}"));
+            }
             Err(JsonError::Convert(e)) => {
                 return bad_request(format!("Failed to convert JSON into Call protobuf: {e}"));
             }
@@ -137,7 +142,9 @@ async fn scheduler(State(handle): State<Handle>, method: Method, headers: Header
         } else {
             return text(
                 StatusCode::NOT_ACCEPTABLE,
-                format!("Expecting 'Accept' to allow '{APPLICATION_PROTOBUF}' or '{APPLICATION_JSON}'"),
+                format!(
+                    "Expecting 'Accept' to allow '{APPLICATION_PROTOBUF}' or '{APPLICATION_JSON}'"
+                ),
             );
         };
         if stream_id.is_some() {
@@ -159,11 +166,19 @@ async fn scheduler(State(handle): State<Handle>, method: Method, headers: Header
     }
 }
 
-async fn subscribe(handle: Handle, sub: call::Subscribe, encoding: Encoding, headers: &HeaderMap) -> Response {
+async fn subscribe(
+    handle: Handle,
+    sub: call::Subscribe,
+    encoding: Encoding,
+    headers: &HeaderMap,
+) -> Response {
     let stream = handle.next_id();
     let uuid = uuid::Uuid::new_v4().to_string();
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    if !handle.send(Input::Subscribe { stream, uuid: uuid.clone(), subscribe: sub, encoding, tx }).await {
+    if !handle
+        .send(Input::Subscribe { stream, uuid: uuid.clone(), subscribe: sub, encoding, tx })
+        .await
+    {
         return text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down");
     }
     let _ = headers;
@@ -233,8 +248,12 @@ pub struct JsonpQuery {
 /// JSON, or JSONP when `?jsonp=callback` is given.
 pub fn json_response(value: &serde_json::Value, jsonp: Option<&str>) -> Response {
     let body = value.to_string();
-    match jsonp.filter(|cb| !cb.is_empty() && cb.chars().all(|c| c.is_ascii_alphanumeric() || "_.$[]".contains(c))) {
-        Some(cb) => ([(header::CONTENT_TYPE, "text/javascript")], format!("{cb}({body});")).into_response(),
+    match jsonp.filter(|cb| {
+        !cb.is_empty() && cb.chars().all(|c| c.is_ascii_alphanumeric() || "_.$[]".contains(c))
+    }) {
+        Some(cb) => {
+            ([(header::CONTENT_TYPE, "text/javascript")], format!("{cb}({body});")).into_response()
+        }
         None => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
     }
 }

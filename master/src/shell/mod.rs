@@ -80,9 +80,18 @@ pub type Query = Box<dyn FnOnce(&Master) + Send>;
 
 /// Inputs of the actor.
 pub enum Input {
-    AgentConnected { conn: ConnId, peer: SocketAddr, tx: mpsc::Sender<Outbound> },
-    AgentMessage { conn: ConnId, msg: AgentMessage },
-    AgentGone { conn: ConnId },
+    AgentConnected {
+        conn: ConnId,
+        peer: SocketAddr,
+        tx: mpsc::Sender<Outbound>,
+    },
+    AgentMessage {
+        conn: ConnId,
+        msg: AgentMessage,
+    },
+    AgentGone {
+        conn: ConnId,
+    },
     Subscribe {
         stream: StreamId,
         uuid: String,
@@ -90,8 +99,14 @@ pub enum Input {
         encoding: Encoding,
         tx: mpsc::Sender<Bytes>,
     },
-    StreamClosed { stream: StreamId },
-    Call { stream_id: Option<String>, call: Call, reply: oneshot::Sender<Result<CallResponse, CallError>> },
+    StreamClosed {
+        stream: StreamId,
+    },
+    Call {
+        stream_id: Option<String>,
+        call: Call,
+        reply: oneshot::Sender<Result<CallResponse, CallError>>,
+    },
     Query(Query),
 }
 
@@ -135,7 +150,10 @@ impl Handle {
     }
 
     /// Runs `f` against the core and returns its result (None if the master is stopping).
-    pub async fn query<T: Send + 'static>(&self, f: impl FnOnce(&Master) -> T + Send + 'static) -> Option<T> {
+    pub async fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Master) -> T + Send + 'static,
+    ) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         let q: Query = Box::new(move |m| {
             let _ = tx.send(f(m));
@@ -292,7 +310,10 @@ pub fn default_advertise_ip(bind: IpAddr) -> Ipv4Addr {
 }
 
 /// Runs a master until `shutdown` resolves.
-pub async fn run(args: MasterArgs, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), MasterError> {
+pub async fn run(
+    args: MasterArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), MasterError> {
     let config = args.core_config()?;
     let tls = args.tls_files();
     let server_config = corral_wire::tls::server_config(&tls)?;
@@ -349,9 +370,8 @@ pub async fn run(args: MasterArgs, shutdown: impl Future<Output = ()> + Send + '
     endpoint.close(0u32.into(), b"master shutting down");
     let _ = tokio::time::timeout(Duration::from_secs(5), actor_task).await;
     quic_task.abort();
-    match tokio::time::timeout(Duration::from_secs(5), http_task).await {
-        Ok(Ok(Err(e))) => return Err(MasterError::Http(e)),
-        _ => {}
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), http_task).await {
+        return Err(MasterError::Http(e));
     }
     endpoint.wait_idle().await;
     Ok(())
@@ -377,7 +397,9 @@ fn bind_pair(
                     tokio::net::TcpListener::from_std(std_listener).map_err(MasterError::Http)?;
                 return Ok((listener, endpoint));
             }
-            Err(source) => last = Some(MasterError::Bind { what: "agent endpoint (udp)", addr: bound, source }),
+            Err(source) => {
+                last = Some(MasterError::Bind { what: "agent endpoint (udp)", addr: bound, source })
+            }
         }
     }
     Err(last.unwrap_or(MasterError::Flag("no port".into())))

@@ -32,7 +32,9 @@ pub async fn serve(endpoint: quinn::Endpoint, handle: Handle, max_frame: usize) 
 
 async fn connection(conn: quinn::Connection, handle: Handle, max_frame: usize) {
     let peer = conn.remote_address();
-    let (mut send, mut recv) = match tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await {
+    let (mut send, mut recv) = match tokio::time::timeout(Duration::from_secs(10), conn.accept_bi())
+        .await
+    {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "agent connection closed before opening its stream");

@@ -51,7 +51,10 @@ fn task_json(t: &Task) -> Value {
     }
     if let Some(info) = &t.info {
         if let Some(l) = &info.labels {
-            o.insert("labels".into(), json::to_value(l).get("labels").cloned().unwrap_or(json!([])));
+            o.insert(
+                "labels".into(),
+                json::to_value(l).get("labels").cloned().unwrap_or(json!([])),
+            );
         }
         if let Some(c) = &info.container {
             o.insert("container".into(), json::to_value(c));
@@ -117,8 +120,14 @@ fn framework_json(m: &Master, fw: &Framework) -> Value {
     o.insert("recovered".into(), json!(fw.recovered));
     o.insert("failover_timeout".into(), json!(info.failover_timeout.unwrap_or(0.0)));
     o.insert("checkpoint".into(), json!(info.checkpoint.unwrap_or(false)));
-    o.insert("registered_time".into(), json!(fw.registered_time.map(|t| t.as_secs_f64()).unwrap_or(0.0)));
-    o.insert("unregistered_time".into(), json!(fw.unregistered_time.map(|t| t.as_secs_f64()).unwrap_or(0.0)));
+    o.insert(
+        "registered_time".into(),
+        json!(fw.registered_time.map(|t| t.as_secs_f64()).unwrap_or(0.0)),
+    );
+    o.insert(
+        "unregistered_time".into(),
+        json!(fw.unregistered_time.map(|t| t.as_secs_f64()).unwrap_or(0.0)),
+    );
     if let Some(t) = fw.reregistered_time {
         o.insert("reregistered_time".into(), json!(t.as_secs_f64()));
     }
@@ -129,8 +138,14 @@ fn framework_json(m: &Master, fw: &Framework) -> Value {
     o.insert("resources".into(), used.plus(&offered).to_summary_json());
     o.insert("max_share".into(), json!(m.allocator().framework_share(&fw.id)));
     o.insert("tasks".into(), Value::Array(fw.tasks.values().map(task_json).collect()));
-    o.insert("unreachable_tasks".into(), Value::Array(fw.unreachable_tasks.values().map(task_json).collect()));
-    o.insert("completed_tasks".into(), Value::Array(fw.completed_tasks.iter().map(task_json).collect()));
+    o.insert(
+        "unreachable_tasks".into(),
+        Value::Array(fw.unreachable_tasks.values().map(task_json).collect()),
+    );
+    o.insert(
+        "completed_tasks".into(),
+        Value::Array(fw.completed_tasks.iter().map(task_json).collect()),
+    );
     o.insert("offers".into(), Value::Array(offers));
     o.insert("executors".into(), json!([]));
     if let Some(l) = &info.labels {
@@ -222,11 +237,18 @@ pub fn state(m: &Master, flags: &[(String, String)]) -> Value {
     o.insert(
         "slaves".into(),
         Value::Array(
-            agents.values().filter(|a| a.state != AgentState::Unreachable).map(|a| agent_json(m, a)).collect(),
+            agents
+                .values()
+                .filter(|a| a.state != AgentState::Unreachable)
+                .map(|a| agent_json(m, a))
+                .collect(),
         ),
     );
     o.insert("recovered_slaves".into(), json!([]));
-    o.insert("frameworks".into(), Value::Array(m.frameworks().values().map(|f| framework_json(m, f)).collect()));
+    o.insert(
+        "frameworks".into(),
+        Value::Array(m.frameworks().values().map(|f| framework_json(m, f)).collect()),
+    );
     o.insert(
         "completed_frameworks".into(),
         Value::Array(m.completed_frameworks().iter().map(|f| framework_json(m, f)).collect()),
