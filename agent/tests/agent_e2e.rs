@@ -49,6 +49,7 @@ const CASES: &[(&str, CaseFn)] = &[
     ("users_arguments_and_launch_failures", || Box::pin(users_and_failures())),
     ("stopping_the_agent_kills_its_tasks", || Box::pin(stop_kills_tasks())),
     ("refused_agent_stops_with_an_error", || Box::pin(refused())),
+    ("invalid_frame_drops_the_connection_and_tasks_survive", || Box::pin(invalid_frame())),
     ("sigterm_stops_an_agent_process_cleanly", || Box::pin(sigterm_stops_agent_process())),
     ("task_init_outlives_a_killed_agent", || Box::pin(init_outlives_agent())),
 ];
@@ -967,4 +968,30 @@ impl AgentProcess {
             .join(container_id)
             .join("stdout")
     }
+}
+
+async fn invalid_frame() {
+    let master = FakeMaster::start();
+    let agent = start_agent(&master, &[]);
+    let (mut session, _) = register(&master).await;
+    session.send(shell_task("steady", "sleep 60")).await;
+    let cid = session.expect("steady", TaskState::TaskStarting).await.container_id.expect("cid");
+    session.expect("steady", TaskState::TaskRunning).await;
+    // A record whose payload is not a valid archive.
+    session.send.write_all(&[8, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4]).await.expect("write");
+    // The agent drops this connection and registers again on a new one, task included.
+    let (mut session, r) = master.accept().await;
+    assert_eq!(r.agent_id.as_deref(), Some("agent-1"));
+    assert_eq!(r.tasks.len(), 1);
+    assert!(agent.container_cgroup(&cid).is_dir(), "the task keeps running");
+    session
+        .send(MasterMessage::Registered {
+            agent_id: "agent-1".into(),
+            master_id: "m".into(),
+            ping_interval_ms: 1000,
+        })
+        .await;
+    session.send(kill("steady", Duration::from_secs(2))).await;
+    session.expect("steady", TaskState::TaskKilled).await;
+    agent.stop().await.expect("a clean stop");
 }
