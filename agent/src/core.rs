@@ -22,6 +22,7 @@
 //! - `ShutdownFramework` kills the framework's tasks and drops their pending updates: the
 //!   master forgot the framework, so nothing would acknowledge them (as Mesos cleans up its
 //!   status-update streams on framework shutdown).
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;

@@ -111,6 +111,18 @@ impl Setup {
             });
         }
 
+        let overrides = match &args.resources {
+            Some(text) => Resources::parse(text)
+                .map_err(|e| AgentError::Flag { flag: "resources", why: e.to_string() })?,
+            None => Resources::new(),
+        };
+        let resources = host::with_overrides(&host::detect_resources(&work_dir), &overrides);
+        let attributes = match &args.attributes {
+            Some(text) => host::parse_attributes(text).map_err(flag("attributes"))?,
+            None => Vec::new(),
+        };
+
+        // Nothing after the cgroup is created can fail, so a failed start leaves none behind.
         let root = cgroup::find_root(args.cgroup_root.as_deref())?;
         let addr = format!("0.0.0.0:{}", args.port);
         let listener = tokio::net::TcpListener::bind(&addr)
@@ -152,16 +164,6 @@ impl Setup {
             tracing::warn!("resource limits: {line}");
         }
 
-        let overrides = match &args.resources {
-            Some(text) => Resources::parse(text)
-                .map_err(|e| AgentError::Flag { flag: "resources", why: e.to_string() })?,
-            None => Resources::new(),
-        };
-        let resources = host::with_overrides(&host::detect_resources(&work_dir), &overrides);
-        let attributes = match &args.attributes {
-            Some(text) => host::parse_attributes(text).map_err(flag("attributes"))?,
-            None => Vec::new(),
-        };
         let registration = Registration {
             protocol_version: PROTOCOL_VERSION,
             agent_id: None,
