@@ -1,1 +1,1 @@
-//! criterion benchmarks live in benches/.
+//! criterion benchmarks live in `benches/`; run `cargo bench -p corral-benches`.

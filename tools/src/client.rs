@@ -115,22 +115,21 @@ pub async fn state(master: &MasterAddr) -> Result<serde_json::Value, ClientError
     get_json(&master.url("/state")).await
 }
 
-/// Reads a whole file from an agent's sandbox through its `/files/read` endpoint.
+/// Reads a whole file from an agent's sandbox (its `/files/download` endpoint: raw bytes).
 pub async fn read_agent_file(agent_base: &str, path: &str) -> Result<Vec<u8>, ClientError> {
-    let mut out = Vec::new();
-    loop {
-        let url = format!(
-            "{agent_base}/files/read?path={}&offset={}&length=1048576",
-            urlencode(path),
-            out.len()
-        );
-        let v = get_json(&url).await?;
-        let data = v.get("data").and_then(|d| d.as_str()).unwrap_or("");
-        if data.is_empty() {
-            return Ok(out);
-        }
-        out.extend_from_slice(data.as_bytes());
+    let url = format!("{agent_base}/files/download?path={}", urlencode(path));
+    let resp = http()
+        .get(&url)
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .map_err(|source| ClientError::Http { url: url.clone(), source })?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(ClientError::Status { url, status: status.as_u16(), body });
     }
+    resp.bytes().await.map(|b| b.to_vec()).map_err(|source| ClientError::Http { url, source })
 }
 
 fn urlencode(s: &str) -> String {
