@@ -248,13 +248,13 @@ mod tests {
     /// A real cgroup2 root to test against, or why the test is skipped.
     fn real_root() -> Option<PathBuf> {
         if !nix::unistd::geteuid().is_root() {
-            println!("SKIPPED: cgroup tests need root");
+            println!("SKIP cgroup::tests: cgroup tests need root");
             return None;
         }
         match find_root(None) {
             Ok(root) => Some(root),
             Err(e) => {
-                println!("SKIPPED: {e}");
+                println!("SKIP cgroup::tests: {e}");
                 None
             }
         }

@@ -81,7 +81,7 @@ fn main() -> ExitCode {
         .collect();
     if let Some(why) = skip_reason() {
         for (name, _) in &selected {
-            println!("test {name} ... SKIPPED ({why})");
+            println!("SKIP {name}: {why}");
         }
         println!("0 passed, 0 failed, {} skipped", selected.len());
         return ExitCode::SUCCESS;
@@ -615,13 +615,25 @@ async fn kill_within_grace() {
 
     // The task holds only stdin (/dev/null), stdout and stderr (the sandbox files): none of the
     // agent's sockets or files leaked into it.
-    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{task_pid}/fd"))
-        .expect("task fds")
-        .map(|e| e.expect("fd entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    let mut sorted = fds.clone();
-    sorted.sort();
-    assert_eq!(sorted, vec!["0", "1", "2"], "task fds: {fds:?}");
+    // Right after exec the dynamic loader briefly holds the libraries it maps (fd 3): poll
+    // until the process settles. A leaked fd would stay and fail this.
+    let fds = || {
+        let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{task_pid}/fd"))
+            .expect("task fds")
+            .map(|e| e.expect("fd entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut seen = fds();
+    for _ in 0..100 {
+        if seen == ["0", "1", "2"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        seen = fds();
+    }
+    assert_eq!(seen, vec!["0", "1", "2"], "task fds: {seen:?}");
     let link = |fd: u32| std::fs::read_link(format!("/proc/{task_pid}/fd/{fd}")).expect("fd link");
     assert_eq!(link(0), Path::new("/dev/null"));
     assert_eq!(link(1), sandbox.join("stdout"));

@@ -41,6 +41,39 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
     out
 }
 
+/// Waits up to `timeout` for every process mentioning `needle` to be gone; returns a
+/// description (state, parent, cgroup) of any that remain, for the failure message.
+fn leftovers(needle: &str, timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let pids = processes_mentioning(needle);
+        if pids.is_empty() {
+            return Vec::new();
+        }
+        if Instant::now() >= deadline {
+            return pids
+                .iter()
+                .map(|p| {
+                    let status =
+                        std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+                    let pick = |k: &str| {
+                        status.lines().find(|l| l.starts_with(k)).unwrap_or("").to_string()
+                    };
+                    let cg =
+                        std::fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap_or_default();
+                    format!(
+                        "pid {p}: {} {} cgroup {}",
+                        pick("State:"),
+                        pick("PPid:"),
+                        cg.replace('\n', " ")
+                    )
+                })
+                .collect();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn task_cgroups(cluster: &Cluster) -> Vec<std::path::PathBuf> {
     cluster
         .agent_cgroups
@@ -99,7 +132,8 @@ fn corral_run_exit_codes_and_ctrl_c() {
     assert_eq!(status.code(), Some(130));
     // sleep exits on SIGTERM: killed within the grace period, not after it.
     assert!(interrupted.elapsed() < Duration::from_secs(3), "took {:?}", interrupted.elapsed());
-    assert!(processes_mentioning("sleep\u{0}60").is_empty(), "no task process left");
+    let left = leftovers("sleep\u{0}60", Duration::from_secs(2));
+    assert!(left.is_empty(), "no task process left: {left:?}");
     let deadline = Instant::now() + Duration::from_secs(5);
     while !task_cgroups(&cluster).is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -142,7 +176,8 @@ fn a_task_ignoring_sigterm_is_killed_after_the_grace_period() {
     // The default grace period is 3 s, then cgroup.kill.
     assert!(took >= Duration::from_millis(2500), "killed before the grace period: {took:?}");
     assert!(took < Duration::from_secs(10), "{took:?}");
-    assert!(processes_mentioning("sleep\u{0}120").is_empty());
+    let left = leftovers("sleep\u{0}120", Duration::from_secs(2));
+    assert!(left.is_empty(), "no task process left: {left:?}\n{}", cluster.logs());
     for cg in &cluster.agent_cgroups {
         assert!(!cgroup_populated(cg), "{} still has processes", cg.display());
     }
@@ -241,7 +276,8 @@ fn corral_dev_comes_up_runs_a_task_and_stops_clean() {
     let _ = long.kill();
     let _ = long.wait();
     assert!(processes_mentioning(&work_str).is_empty(), "no master or agent left");
-    assert!(processes_mentioning("sleep\u{0}300").is_empty(), "no task left");
+    let left = leftovers("sleep\u{0}300", Duration::from_secs(2));
+    assert!(left.is_empty(), "no task left: {left:?}");
     let root = corral_tests::cgroup_root().unwrap();
     for p in [port + 1, port + 2] {
         let cg = root.join(format!("corral-dev-agent-{p}"));

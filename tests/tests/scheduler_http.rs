@@ -303,6 +303,10 @@ fn read_only_endpoints() {
     let r = request(m.port, "GET", "/state?jsonp=cb", &[], "");
     assert_eq!(r.header("content-type"), Some("text/javascript"));
     assert!(r.body().starts_with("cb({"));
+    let r = request(m.port, "GET", "/", &[], "");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    assert!(r.body().contains("<title>Corral</title>"));
     let r = request(m.port, "GET", "/redirect", &[], "");
     assert_eq!(r.status, 307);
     assert_eq!(r.header("location"), Some(format!("//127.0.0.1:{}", m.port).as_str()));

@@ -199,6 +199,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         return Err(e);
     }
     println!("Corral dev cluster is up: master {master_addr} with {} agent(s).", args.agents);
+    println!("  web UI:  {master_addr}/");
     println!("  state:   curl {master_addr}/state");
     println!("  run:     corral run --master {} -- echo hello", master_addr.host_port());
     println!("  list:    corral agents | corral frameworks | corral tasks");

@@ -56,7 +56,10 @@ pub fn router(handle: Handle) -> Router {
             .route(&format!("{prefix}/state.json"), get(state_handler))
             .route(&format!("{prefix}/redirect"), get(redirect));
     }
-    r.route("/version", get(version)).layer(DefaultBodyLimit::max(MAX_BODY)).with_state(handle)
+    r.route("/", get(status_page))
+        .route("/version", get(version))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(handle)
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
@@ -150,7 +153,7 @@ async fn scheduler(
         if stream_id.is_some() {
             return bad_request("Subscribe calls should not include the 'Mesos-Stream-Id' header");
         }
-        return subscribe(handle, call.subscribe.unwrap_or_default(), encoding, &headers).await;
+        return subscribe(handle, call.subscribe.unwrap_or_default(), encoding).await;
     }
     let (reply, rx) = oneshot::channel();
     if !handle.send(Input::Call { stream_id, call, reply }).await {
@@ -166,12 +169,7 @@ async fn scheduler(
     }
 }
 
-async fn subscribe(
-    handle: Handle,
-    sub: call::Subscribe,
-    encoding: Encoding,
-    headers: &HeaderMap,
-) -> Response {
+async fn subscribe(handle: Handle, sub: call::Subscribe, encoding: Encoding) -> Response {
     let stream = handle.next_id();
     let uuid = uuid::Uuid::new_v4().to_string();
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
@@ -181,7 +179,6 @@ async fn subscribe(
     {
         return text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down");
     }
-    let _ = headers;
     let interval = handle.heartbeat_interval;
     let body = EventBody {
         rx,
@@ -234,6 +231,13 @@ impl Stream for EventBody {
         }
         Poll::Pending
     }
+}
+
+/// A small live status page (agents, frameworks, tasks) rendered from `/state` in the
+/// browser; everything is inserted as text, never as markup.
+async fn status_page() -> Response {
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], include_str!("status.html"))
+        .into_response()
 }
 
 async fn health() -> StatusCode {
