@@ -58,6 +58,27 @@ const CASES: &[(&str, CaseFn)] = &[
 /// signal handling) from the remaining flags.
 const AGENT_ARG: &str = "__agent";
 
+/// The positional arguments libtest would take as name filters: flags and the values of
+/// libtest's flags that take one (`--test-threads 2`, `--skip NAME`, ...) are not filters.
+fn name_filters(args: &[String]) -> Vec<&str> {
+    const WITH_VALUE: &[&str] =
+        &["--test-threads", "--skip", "--format", "--color", "--logfile", "-Z", "--shuffle-seed"];
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        if WITH_VALUE.contains(&a) {
+            i += 2;
+            continue;
+        }
+        if !a.starts_with('-') {
+            out.push(a);
+        }
+        i += 1;
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some(corral_agent::TASK_INIT_ARG) {
@@ -73,8 +94,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let filters: Vec<&str> =
-        args.iter().skip(1).filter(|a| !a.starts_with('-')).map(String::as_str).collect();
+    let filters = name_filters(&args[1..]);
     let selected: Vec<_> = CASES
         .iter()
         .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f)))
