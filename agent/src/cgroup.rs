@@ -207,6 +207,23 @@ impl Cgroup {
         }
         self.remove()
     }
+
+    /// [`Cgroup::destroy`] for a whole subtree, deepest first (for cleaning up after an
+    /// agent that could not: SIGKILLed agents leave their containers). Returns the paths of
+    /// the child cgroups that were there.
+    pub fn destroy_tree(&self, timeout: Duration) -> Result<Vec<PathBuf>, CgroupError> {
+        if !self.exists() {
+            return Ok(Vec::new());
+        }
+        let mut found = Vec::new();
+        for name in self.children()? {
+            let child = self.child(&name);
+            found.push(child.path().to_path_buf());
+            found.extend(child.destroy_tree(timeout)?);
+        }
+        self.destroy(timeout)?;
+        Ok(found)
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use corral_wire::proto::{Attribute, AttributeValue};
-use corral_wire::resources::{Ranges, Resources, Scalar, Value};
+use corral_wire::resources::{Resources, Value, parse_value};
 
 const MIB: u64 = 1 << 20;
 
@@ -88,32 +88,11 @@ pub fn parse_attributes(text: &str) -> Result<Vec<Attribute>, String> {
         if name.is_empty() {
             return Err(format!("empty attribute name in '{item}'"));
         }
-        let value = if let Some(inner) = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
-            let mut ranges = Vec::new();
-            for part in inner.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let bad = || format!("bad range '{part}' in attribute '{name}'");
-                let (b, e) = part.split_once('-').ok_or_else(bad)?;
-                ranges.push((
-                    b.trim().parse().map_err(|_| bad())?,
-                    e.trim().parse().map_err(|_| bad())?,
-                ));
-            }
-            AttributeValue::Ranges(Ranges::new(ranges))
-        } else if let Some(inner) = value.strip_prefix('{').and_then(|v| v.strip_suffix('}')) {
-            AttributeValue::Set(
-                inner
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect(),
-            )
-        } else if let Ok(v) = value.parse::<f64>()
-            && v.is_finite()
-        {
-            AttributeValue::Scalar(Scalar::from_f64(v))
-        } else {
-            AttributeValue::Text(value.to_string())
+        let value = match parse_value(value).map_err(|e| format!("attribute '{name}': {e}"))? {
+            Some(Value::Scalar(s)) => AttributeValue::Scalar(s),
+            Some(Value::Ranges(r)) => AttributeValue::Ranges(r),
+            Some(Value::Set(items)) => AttributeValue::Set(items.into_iter().collect()),
+            None => AttributeValue::Text(value.to_string()),
         };
         out.push(Attribute { name: name.to_string(), value });
     }
@@ -159,6 +138,7 @@ impl AgentUser {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use corral_wire::resources::{Ranges, Scalar};
 
     #[test]
     fn memory_reserve() {
@@ -215,7 +195,8 @@ mod tests {
         assert_eq!(a[0].value, AttributeValue::Text("r1".into()));
         assert_eq!(a[2].value, AttributeValue::Scalar(Scalar::from_f64(2.5)));
         assert_eq!(a[3].value, AttributeValue::Ranges(Ranges::new([(1, 3), (7, 9)])));
-        assert_eq!(a[4].value, AttributeValue::Set(vec!["linux".into(), "debian".into()]));
+        // Sets are sets: kept sorted.
+        assert_eq!(a[4].value, AttributeValue::Set(vec!["debian".into(), "linux".into()]));
         assert!(parse_attributes("").unwrap().is_empty());
         assert!(parse_attributes("novalue").is_err());
         assert!(parse_attributes(":x").is_err());

@@ -47,13 +47,9 @@ pub fn free_port() -> u16 {
     panic!("no free port");
 }
 
-/// The cgroup2 mount agents will use (as the agent detects it).
+/// The cgroup2 mount agents will use (the agent's own detection).
 pub fn cgroup_root() -> Option<PathBuf> {
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].into_iter().map(PathBuf::from).find(|p| {
-        nix::sys::statfs::statfs(p)
-            .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-            .unwrap_or(false)
-    })
+    corral_agent::cgroup::find_root(None).ok()
 }
 
 /// Whether agents can run here (root and a cgroup2 mount). Prints `SKIP` with the reason
@@ -306,27 +302,9 @@ impl Drop for Cluster {
 /// Kills everything in a cgroup subtree and removes it (for agents that were SIGKILLed and
 /// could not clean up).
 pub fn remove_cgroup_tree(dir: &Path) {
-    if !dir.exists() {
-        return;
+    if let Err(e) = corral_agent::cgroup::Cgroup::new(dir).destroy_tree(Duration::from_secs(10)) {
+        eprintln!("cannot remove {}: {e}", dir.display());
     }
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.path().is_dir() {
-                remove_cgroup_tree(&e.path());
-            }
-        }
-    }
-    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-    for _ in 0..200 {
-        let populated = std::fs::read_to_string(dir.join("cgroup.events"))
-            .map(|s| s.lines().any(|l| l == "populated 1"))
-            .unwrap_or(false);
-        if !populated {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = std::fs::remove_dir(dir);
 }
 
 /// Whether any process in the cgroup subtree is alive.

@@ -75,41 +75,6 @@ fn spawn(name: &str, args: &[String], log: &Path) -> anyhow::Result<Proc> {
     Ok(Proc { name: name.into(), child, log: log.into(), cgroup_parent: None })
 }
 
-/// The cgroup2 mount agents use when not told otherwise (same rule as the agent's).
-fn detect_cgroup_root() -> Option<PathBuf> {
-    ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"].into_iter().map(PathBuf::from).find(|p| {
-        nix::sys::statfs::statfs(p)
-            .map(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-            .unwrap_or(false)
-    })
-}
-
-/// Kills whatever is left in an agent's cgroup subtree and removes it. Returns what was
-/// found, for the report.
-fn clean_cgroup(dir: &Path) -> Vec<String> {
-    let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return found };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            found.push(p.display().to_string());
-            found.extend(clean_cgroup(&p));
-        }
-    }
-    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
-    for _ in 0..100 {
-        let populated = std::fs::read_to_string(dir.join("cgroup.events"))
-            .map(|s| s.lines().any(|l| l == "populated 1"))
-            .unwrap_or(false);
-        if !populated {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let _ = std::fs::remove_dir(dir);
-    found
-}
-
 async fn wait_ready(master: &MasterAddr, agents: usize, procs: &mut [Proc]) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -161,7 +126,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         ],
         &work.join("master.log"),
     )?;
-    let cgroup_root = args.cgroup_root.clone().or_else(detect_cgroup_root);
+    let cgroup_root = corral_agent::cgroup::find_root(args.cgroup_root.as_deref()).ok();
     let mut agents = Vec::new();
     for i in 0..args.agents {
         let port = args.port + 1 + i;
@@ -240,12 +205,13 @@ async fn stop_all(procs: &mut [Proc], cgroup_root: Option<&Path>) {
     for a in agents.iter_mut() {
         let clean = a.stop(Duration::from_secs(20)).await;
         if let (Some(root), Some(parent)) = (cgroup_root, &a.cgroup_parent) {
-            let dir = root.join(parent);
-            if dir.exists() {
-                let left = clean_cgroup(&dir);
-                if clean {
-                    eprintln!("corral dev: {} left cgroups behind; removed {left:?}", a.name);
+            let cg = corral_agent::cgroup::Cgroup::new(root.join(parent));
+            match cg.destroy_tree(Duration::from_secs(10)) {
+                Ok(left) if clean && !left.is_empty() => {
+                    eprintln!("corral dev: {} left cgroups behind; removed {left:?}", a.name)
                 }
+                Ok(_) => {}
+                Err(e) => eprintln!("corral dev: cannot remove {}: {e}", cg.path().display()),
             }
         }
     }

@@ -425,37 +425,45 @@ impl Resources {
             if name.is_empty() {
                 return Err(err("empty resource name"));
             }
-            let v = if let Some(inner) = value.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
-                let mut ranges = Vec::new();
-                for part in inner.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                    let (b, e) = part.split_once('-').ok_or_else(|| err("expected BEGIN-END"))?;
-                    let b: u64 = b.trim().parse().map_err(|_| err("bad range bound"))?;
-                    let e: u64 = e.trim().parse().map_err(|_| err("bad range bound"))?;
-                    if b > e {
-                        return Err(err("range begins after it ends"));
-                    }
-                    ranges.push((b, e));
-                }
-                Value::Ranges(Ranges::new(ranges))
-            } else if let Some(inner) = value.strip_prefix('{').and_then(|v| v.strip_suffix('}')) {
-                Value::Set(
-                    inner
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(String::from)
-                        .collect(),
-                )
-            } else {
-                let v: f64 = value.parse().map_err(|_| err("bad scalar"))?;
-                if !v.is_finite() || v < 0.0 {
+            let v = match parse_value(value).map_err(|why| err(&why))? {
+                Some(Value::Scalar(s)) if s.0 < 0 => {
                     return Err(err("scalars must be finite and non-negative"));
                 }
-                Value::Scalar(Scalar::from_f64(v))
+                Some(v) => v,
+                None => return Err(err("bad scalar")),
             };
             out.0.insert(name.to_string(), v);
         }
         Ok(out)
+    }
+}
+
+/// Parses one value in the Mesos flag syntax: `[a-b, c-d]` ranges, `{a, b}` a set, or a finite
+/// number. `Ok(None)` when the text is none of these (plain text, which attributes allow);
+/// `Err` when it looks like ranges but is malformed.
+pub fn parse_value(text: &str) -> Result<Option<Value>, String> {
+    let text = text.trim();
+    if let Some(inner) = text.strip_prefix('[').and_then(|v| v.strip_suffix(']')) {
+        let mut ranges = Vec::new();
+        for part in inner.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let bad = || format!("bad range '{part}': expected BEGIN-END");
+            let (b, e) = part.split_once('-').ok_or_else(bad)?;
+            let b: u64 = b.trim().parse().map_err(|_| bad())?;
+            let e: u64 = e.trim().parse().map_err(|_| bad())?;
+            if b > e {
+                return Err(format!("range '{part}' begins after it ends"));
+            }
+            ranges.push((b, e));
+        }
+        return Ok(Some(Value::Ranges(Ranges::new(ranges))));
+    }
+    if let Some(inner) = text.strip_prefix('{').and_then(|v| v.strip_suffix('}')) {
+        let items = inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from);
+        return Ok(Some(Value::Set(items.collect())));
+    }
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() => Ok(Some(Value::Scalar(Scalar::from_f64(v)))),
+        _ => Ok(None),
     }
 }
 

@@ -13,7 +13,8 @@ use corral_wire::proto::{CommandSpec, FrameworkRef, MasterMessage, RunTask, Task
 use corral_wire::resources::Resources;
 
 use super::{
-    Command, Framework, Master, Stream, StreamId, Task, Time, has_capability, update_event,
+    Command, Framework, Master, Stream, StreamId, Task, Time, has_capability, master_update,
+    update_event,
 };
 
 /// Default `Filters.refuse_seconds`.
@@ -509,15 +510,14 @@ impl Master {
             let dropped = self.frameworks[fid].lost(v1::TaskState::TaskDropped);
             for op in operations {
                 for task in op.launch.map(|l| l.task_infos).unwrap_or_default() {
-                    let status = v1::TaskStatus {
-                        task_id: task.task_id.clone(),
-                        state: dropped as i32,
-                        message: Some(format!("Task launched with invalid offers: {error}")),
-                        source: Some(v1::task_status::Source::Master as i32),
-                        reason: Some(v1::task_status::Reason::InvalidOffers as i32),
-                        timestamp: Some(self.now.as_secs_f64()),
-                        ..Default::default()
-                    };
+                    let status = master_update(
+                        &task.task_id.value,
+                        dropped,
+                        v1::task_status::Reason::InvalidOffers,
+                        &format!("Task launched with invalid offers: {error}"),
+                        None,
+                        self.now,
+                    );
                     self.send_event(fid, update_event(status));
                 }
             }
@@ -569,16 +569,8 @@ impl Master {
         reason: v1::task_status::Reason,
         message: &str,
     ) -> v1::TaskStatus {
-        v1::TaskStatus {
-            task_id: task.task_id.clone(),
-            state: v1::TaskState::TaskError as i32,
-            message: Some(message.to_string()),
-            source: Some(v1::task_status::Source::Master as i32),
-            reason: Some(reason as i32),
-            agent_id: Some(task.agent_id.clone()),
-            timestamp: Some(self.now.as_secs_f64()),
-            ..Default::default()
-        }
+        let (task_id, agent) = (&task.task_id.value, &task.agent_id.value);
+        master_update(task_id, v1::TaskState::TaskError, reason, message, Some(agent), self.now)
     }
 
     /// Validates one task against what remains of the offers and launches it, or answers
@@ -833,18 +825,8 @@ impl Master {
                 out.push((tid, answer));
             }
         }
-        let now = self.now.as_secs_f64();
         for (tid, (state, message, agent)) in out {
-            let status = v1::TaskStatus {
-                task_id: v1::TaskId::from_str(&tid),
-                state: state as i32,
-                message: Some(message),
-                source: Some(v1::task_status::Source::Master as i32),
-                reason: Some(R as i32),
-                agent_id: agent.map(v1::AgentId::from_str),
-                timestamp: Some(now),
-                ..Default::default()
-            };
+            let status = master_update(&tid, state, R, &message, agent.as_deref(), self.now);
             self.send_event(fid, update_event(status));
         }
     }

@@ -715,3 +715,29 @@ fn drf_across_frameworks_end_to_end() {
     assert_eq!(got[&f1], 5);
     assert_eq!(got[&f2], 5);
 }
+
+#[test]
+fn reregistering_with_outstanding_offers_rescinds_them_once() {
+    let mut m = master();
+    let agent = add_agent(&mut m, t(0), 1, "cpus:2;mem:256");
+    let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
+    let offer = offers_on(&drain(&mut m), 10).remove(0);
+    // The agent comes back on a new connection while its offer is outstanding.
+    m.agent_message(t(1), 2, AgentMessage::Register(registration(Some(&agent), "cpus:2;mem:256")));
+    let cmds = drain(&mut m);
+    let rescinds: Vec<_> =
+        events_on(&cmds, 10).into_iter().filter_map(|e| e.rescind.map(|r| r.offer_id)).collect();
+    assert_eq!(rescinds, vec![offer.id.clone()]);
+    assert!(cmds.contains(&Command::CloseAgent {
+        conn: 1,
+        reason: "agent re-registered on a new connection".into()
+    }));
+    let again = offers_on(&cmds, 10);
+    assert_eq!(again.len(), 1, "offered anew");
+    m.allocator().check_invariants().unwrap();
+    assert_eq!(
+        m.allocator().framework_allocated(&fid),
+        Resources::parse("cpus:2;mem:256").unwrap(),
+        "held exactly once"
+    );
+}
