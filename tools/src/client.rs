@@ -87,6 +87,17 @@ impl FromStr for MasterAddr {
     }
 }
 
+/// Sends a request; a non-2xx answer becomes [`ClientError::Status`] with its body.
+async fn send(url: &str, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+    let resp = req.send().await.map_err(|source| ClientError::Http { url: url.into(), source })?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let body = resp.text().await.unwrap_or_default();
+    Err(ClientError::Status { url: url.into(), status: status.as_u16(), body })
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
@@ -96,17 +107,8 @@ fn http() -> reqwest::Client {
 
 /// GETs a JSON document.
 pub async fn get_json(url: &str) -> Result<serde_json::Value, ClientError> {
-    let resp = http()
-        .get(url)
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .map_err(|source| ClientError::Http { url: url.into(), source })?;
-    let status = resp.status();
+    let resp = send(url, http().get(url).timeout(Duration::from_secs(30))).await?;
     let text = resp.text().await.map_err(|source| ClientError::Http { url: url.into(), source })?;
-    if !status.is_success() {
-        return Err(ClientError::Status { url: url.into(), status: status.as_u16(), body: text });
-    }
     serde_json::from_str(&text).map_err(|e| ClientError::Stream(format!("{url}: {e}")))
 }
 
@@ -118,17 +120,7 @@ pub async fn state(master: &MasterAddr) -> Result<serde_json::Value, ClientError
 /// Reads a whole file from an agent's sandbox (its `/files/download` endpoint: raw bytes).
 pub async fn read_agent_file(agent_base: &str, path: &str) -> Result<Vec<u8>, ClientError> {
     let url = format!("{agent_base}/files/download?path={}", urlencode(path));
-    let resp = http()
-        .get(&url)
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .map_err(|source| ClientError::Http { url: url.clone(), source })?;
-    let status = resp.status();
-    if !status.is_success() {
-        let body = resp.text().await.unwrap_or_default();
-        return Err(ClientError::Status { url, status: status.as_u16(), body });
-    }
+    let resp = send(&url, http().get(&url).timeout(Duration::from_secs(60))).await?;
     resp.bytes().await.map(|b| b.to_vec()).map_err(|source| ClientError::Http { url, source })
 }
 
@@ -177,19 +169,12 @@ impl Scheduler {
             subscribe: Some(call::Subscribe { framework_info: info, ..Default::default() }),
             ..Default::default()
         });
-        let resp = http
+        let req = http
             .post(&url)
             .header("Content-Type", "application/json")
             .header("Accept", "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|source| ClientError::Http { url: url.clone(), source })?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
-            return Err(ClientError::Status { url, status: status.as_u16(), body });
-        }
+            .body(body);
+        let resp = send(&url, req).await?;
         let stream_id = resp
             .headers()
             .get("Mesos-Stream-Id")
@@ -275,22 +260,13 @@ impl Scheduler {
     pub async fn call(&self, mut c: Call) -> Result<(), ClientError> {
         c.framework_id = Some(v1::FrameworkId::from_str(&self.framework_id));
         let url = self.master.url("/api/v1/scheduler");
-        let resp = self
+        let req = self
             .http
             .post(&url)
             .header("Content-Type", "application/json")
             .header("Mesos-Stream-Id", &self.stream_id)
-            .body(json::to_string(&c))
-            .send()
-            .await
-            .map_err(|source| ClientError::Http { url: url.clone(), source })?;
-        let status = resp.status();
-        if status.is_success() {
-            Ok(())
-        } else {
-            let body = resp.text().await.unwrap_or_default();
-            Err(ClientError::Status { url, status: status.as_u16(), body })
-        }
+            .body(json::to_string(&c));
+        send(&url, req).await.map(drop)
     }
 
     fn typed(t: call::Type) -> Call {
