@@ -21,7 +21,7 @@ pub enum ClientError {
     BadAddress(String),
     #[error("'{0}': zk:// master addresses need ZooKeeper support, which comes with HA")]
     ZooKeeper(String),
-    #[error("cannot reach {url}: {source}")]
+    #[error("cannot reach {url}: {}", root_cause(source))]
     Http { url: String, source: reqwest::Error },
     #[error("{url} answered {status}: {body}")]
     Status { url: String, status: u16, body: String },
@@ -29,6 +29,16 @@ pub enum ClientError {
     Refused(String),
     #[error("event stream: {0}")]
     Stream(String),
+}
+
+/// The innermost cause of an error ("Connection refused (os error 111)"), which is what a
+/// user needs; the outer layers repeat the URL.
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }
 
 /// Where the master is: `host:port` or `http://host:port` (default `127.0.0.1:5050`).

@@ -166,8 +166,19 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     println!("Corral dev cluster is up: master {master_addr} with {} agent(s).", args.agents);
     println!("  web UI:  {master_addr}/");
     println!("  state:   curl {master_addr}/state");
-    println!("  run:     corral run --master {} -- echo hello", master_addr.host_port());
-    println!("  list:    corral agents | corral frameworks | corral tasks");
+    // How to call this very binary from where the user stands.
+    let me = std::env::current_exe()
+        .ok()
+        .and_then(|exe| {
+            let cwd = std::env::current_dir().ok()?;
+            Some(exe.strip_prefix(&cwd).map(Path::to_path_buf).unwrap_or(exe))
+        })
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "corral".into());
+    let port_flag =
+        if args.port == 5050 { String::new() } else { format!(" --master {}", master_addr.host_port()) };
+    println!("  run:     {me} run{port_flag} -- echo hello");
+    println!("  list:    {me} agents{port_flag}   (also: frameworks, tasks)");
     println!("  logs:    {}/*.log", work.display());
     println!("Ctrl-C stops everything.");
 
