@@ -121,9 +121,25 @@ async fn session(
     let reader_delivered = delivered.clone();
     let mut reader = tokio::spawn(async move {
         let mut frames = FrameReader::new(DEFAULT_MAX_FRAME);
+        // Once registered, the master pings every `ping_interval_ms`: a master that stays
+        // silent for several intervals is gone or stuck even if QUIC keeps the connection up,
+        // so the connection is dropped and the agent re-registers (possibly elsewhere).
+        let mut silence_limit: Option<Duration> = None;
         loop {
-            match frames.next_master(&mut recv).await {
+            let next = match silence_limit {
+                None => frames.next_master(&mut recv).await,
+                Some(limit) => {
+                    match tokio::time::timeout(limit, frames.next_master(&mut recv)).await {
+                        Ok(r) => r,
+                        Err(_) => return format!("no message from the master in {limit:?}"),
+                    }
+                }
+            };
+            match next {
                 Ok(Some(msg)) => {
+                    if let MasterMessage::Registered { ping_interval_ms, .. } = &msg {
+                        silence_limit = Some(silence_limit_for(*ping_interval_ms));
+                    }
                     reader_delivered.store(true, Ordering::Relaxed);
                     if reader_events.send(ConnEvent::Message(msg)).is_err() {
                         return "agent stopped".to_string();
@@ -194,5 +210,24 @@ mod tests {
     fn local_ip_towards_loopback_is_loopback() {
         let ip = local_ip_towards("127.0.0.1:5050".parse().unwrap());
         assert_eq!(ip, Some(IpAddr::from([127, 0, 0, 1])));
+    }
+}
+
+/// How long the agent waits for any message from a master that pings every
+/// `ping_interval_ms`: six intervals (one more than the master's default number of missed
+/// pings before it gives up on an agent), at least 5 s.
+fn silence_limit_for(ping_interval_ms: u64) -> Duration {
+    Duration::from_millis(ping_interval_ms.saturating_mul(6)).max(Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod silence_tests {
+    use super::*;
+
+    #[test]
+    fn silence_limit_is_six_pings_but_at_least_five_seconds() {
+        assert_eq!(silence_limit_for(15_000), Duration::from_secs(90));
+        assert_eq!(silence_limit_for(100), Duration::from_secs(5));
+        assert_eq!(silence_limit_for(u64::MAX), Duration::from_millis(u64::MAX));
     }
 }

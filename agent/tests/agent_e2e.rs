@@ -52,6 +52,7 @@ const CASES: &[(&str, CaseFn)] = &[
     ("invalid_frame_drops_the_connection_and_tasks_survive", || Box::pin(invalid_frame())),
     ("sigterm_stops_an_agent_process_cleanly", || Box::pin(sigterm_stops_agent_process())),
     ("task_init_outlives_a_killed_agent", || Box::pin(init_outlives_agent())),
+    ("a_silent_master_is_left_and_the_agent_reregisters", || Box::pin(silent_master())),
 ];
 
 /// `argv[1]` that makes this binary run an agent process (`corral_agent::run`, with its own
@@ -1025,5 +1026,28 @@ async fn invalid_frame() {
         .await;
     session.send(kill("steady", Duration::from_secs(2))).await;
     session.expect("steady", TaskState::TaskKilled).await;
+    agent.stop().await.expect("a clean stop");
+}
+
+/// A master that keeps the QUIC connection open but stops talking (never pings) is given up
+/// after the silence limit (5 s at least), and the agent registers again with its id.
+async fn silent_master() {
+    let master = FakeMaster::start();
+    let agent = start_agent(&master, &[]);
+    let (mut session, _) = master.accept().await;
+    session
+        .send(MasterMessage::Registered {
+            agent_id: "agent-1".into(),
+            master_id: "m".into(),
+            ping_interval_ms: 100,
+        })
+        .await;
+    let registered_at = now();
+    let (_session, again) = master.accept().await;
+    let waited = registered_at.elapsed();
+    assert_eq!(again.agent_id.as_deref(), Some("agent-1"));
+    assert!(waited >= Duration::from_millis(4900), "left the master too early: {waited:?}");
+    assert!(waited < Duration::from_secs(12), "left the master too late: {waited:?}");
+    drop(session);
     agent.stop().await.expect("a clean stop");
 }

@@ -175,8 +175,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         })
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "corral".into());
-    let port_flag =
-        if args.port == 5050 { String::new() } else { format!(" --master {}", master_addr.host_port()) };
+    let port_flag = if args.port == 5050 {
+        String::new()
+    } else {
+        format!(" --master {}", master_addr.host_port())
+    };
     println!("  run:     {me} run{port_flag} -- echo hello");
     println!("  list:    {me} agents{port_flag}   (also: frameworks, tasks)");
     println!("  logs:    {}/*.log", work.display());
