@@ -818,7 +818,6 @@ impl Master {
             return;
         }
         self.metrics.valid_status_updates += 1;
-        let now = self.now;
         let status = v1::TaskStatus {
             task_id: v1::TaskId::from_str(&update.task_id),
             state: state as i32,
@@ -860,7 +859,6 @@ impl Master {
                 tracing::debug!(task = %update.task_id, "status update for a task the master does not track; forwarding");
             }
         }
-        let _ = now;
         if let Some((role, resources)) = released {
             self.allocator.recover(
                 self.now,

@@ -546,7 +546,6 @@ impl Master {
                     let tasks = op.launch_group.map(|g| g.task_group.tasks).unwrap_or_default();
                     for task in tasks {
                         let status = self.task_error(
-                            fid,
                             &task,
                             v1::task_status::Reason::TaskGroupInvalid,
                             "Task groups (LAUNCH_GROUP) are not supported yet",
@@ -564,7 +563,6 @@ impl Master {
 
     fn task_error(
         &self,
-        _fid: &str,
         task: &v1::TaskInfo,
         reason: v1::task_status::Reason,
         message: &str,
@@ -586,8 +584,7 @@ impl Master {
         let resources = match self.validate_task(fid, agent, &task, remaining) {
             Ok(r) => r,
             Err(msg) => {
-                let status =
-                    self.task_error(fid, &task, v1::task_status::Reason::TaskInvalid, &msg);
+                let status = self.task_error(&task, v1::task_status::Reason::TaskInvalid, &msg);
                 self.send_event(fid, update_event(status));
                 return;
             }
@@ -630,7 +627,7 @@ impl Master {
             },
             task: spec,
         };
-        let mut t = Task {
+        let t = Task {
             id: task.task_id.value.clone(),
             name: task.name.clone(),
             framework_id: fid.to_string(),
@@ -644,7 +641,6 @@ impl Master {
             info: Some(task),
             container_id: None,
         };
-        t.statuses.clear();
         fw.tasks.insert(t.id.clone(), t);
         self.metrics.tasks_launched += 1;
         if let Some(a) = self.agents.get_mut(agent) {
