@@ -289,6 +289,36 @@ pub struct Framework {
 }
 
 impl Framework {
+    /// A framework that subscribed on `stream`, or (`stream: None`) one recovered from an
+    /// agent's report that has not subscribed to this master yet.
+    fn new(
+        id: &str,
+        info: v1::FrameworkInfo,
+        roles: Vec<String>,
+        suppressed: Vec<String>,
+        stream: Option<(Stream, Time)>,
+    ) -> Framework {
+        let recovered = stream.is_none();
+        let (stream, registered_time) =
+            stream.map(|(s, t)| (Some(s), Some(t))).unwrap_or((None, None));
+        Framework {
+            id: id.to_string(),
+            info,
+            roles,
+            suppressed,
+            stream,
+            recovered,
+            registered_time,
+            reregistered_time: None,
+            unregistered_time: None,
+            failover_deadline: None,
+            tasks: BTreeMap::new(),
+            unreachable_tasks: BTreeMap::new(),
+            completed_tasks: VecDeque::new(),
+            offers: BTreeSet::new(),
+        }
+    }
+
     pub fn connected(&self) -> bool {
         self.stream.is_some()
     }
@@ -623,24 +653,12 @@ impl Master {
                 // agent's report, inactive until it subscribes.
                 self.allocator.add_framework(&key.0, &["*".to_string()], &[], false);
             }
-            let fw = self.frameworks.entry(key.0.clone()).or_insert_with(|| Framework {
-                id: key.0.clone(),
-                info: v1::FrameworkInfo {
+            let fw = self.frameworks.entry(key.0.clone()).or_insert_with(|| {
+                let info = v1::FrameworkInfo {
                     id: Some(v1::FrameworkId::from_str(&key.0)),
                     ..Default::default()
-                },
-                roles: vec!["*".into()],
-                suppressed: Vec::new(),
-                stream: None,
-                recovered: true,
-                registered_time: None,
-                reregistered_time: None,
-                unregistered_time: None,
-                failover_deadline: None,
-                tasks: BTreeMap::new(),
-                unreachable_tasks: BTreeMap::new(),
-                completed_tasks: VecDeque::new(),
-                offers: BTreeSet::new(),
+                };
+                Framework::new(&key.0, info, vec!["*".into()], Vec::new(), None)
             });
             // A task the master had declared lost to a framework that is not partition aware
             // must not come back: kill it.

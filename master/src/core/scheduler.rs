@@ -3,7 +3,7 @@
 //! with the status Mesos gives (202, 200, 400, 403, 501) while their effects go out as
 //! commands.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use corral_wire::mesos::v1::scheduler::{Call, Event, call, event};
@@ -262,25 +262,14 @@ impl Master {
             }
             None => {
                 tracing::info!(framework = %id, name = %info.name, "framework subscribed");
-                self.frameworks.insert(
-                    id.clone(),
-                    Framework {
-                        id: id.clone(),
-                        info,
-                        roles: roles.clone(),
-                        suppressed: suppressed.clone(),
-                        stream: Some(stream_rec),
-                        recovered: false,
-                        registered_time: Some(now),
-                        reregistered_time: None,
-                        unregistered_time: None,
-                        failover_deadline: None,
-                        tasks: BTreeMap::new(),
-                        unreachable_tasks: BTreeMap::new(),
-                        completed_tasks: VecDeque::new(),
-                        offers: BTreeSet::new(),
-                    },
+                let fw = Framework::new(
+                    &id,
+                    info,
+                    roles.clone(),
+                    suppressed.clone(),
+                    Some((stream_rec, now)),
                 );
+                self.frameworks.insert(id.clone(), fw);
             }
         }
         self.streams.insert(stream, id.clone());
