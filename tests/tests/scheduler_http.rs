@@ -9,46 +9,17 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use corral_tests::{Proc, free_port, spawn};
+use corral_tests::{Cluster, ClusterOptions};
 
+/// A master alone (no agents): the scheduler API needs nothing else.
 struct Master {
-    _dir: tempfile::TempDir,
-    proc: Proc,
+    _cluster: Cluster,
     port: u16,
 }
 
-impl Drop for Master {
-    fn drop(&mut self) {
-        self.proc.stop(nix::sys::signal::Signal::SIGTERM, Duration::from_secs(5));
-    }
-}
-
 fn master() -> Master {
-    let dir = tempfile::tempdir().unwrap();
-    corral_wire::tls::write_cluster(&dir.path().join("tls"), &["localhost".into()]).unwrap();
-    let port = free_port();
-    let proc = spawn(
-        "master",
-        dir.path(),
-        &[
-            "master",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--work-dir",
-            &dir.path().join("m").display().to_string(),
-            "--tls-dir",
-            &dir.path().join("tls").display().to_string(),
-        ],
-    );
-    for _ in 0..200 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Master { _dir: dir, proc, port };
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("master did not start: {}", proc.log_text());
+    let cluster = Cluster::start(ClusterOptions { agents: 0, ..Default::default() });
+    Master { port: cluster.master_port, _cluster: cluster }
 }
 
 struct Response {
