@@ -54,6 +54,31 @@ pub struct AgentArgs {
     #[arg(long, value_name = "NAME")]
     pub cgroup_parent: Option<String>,
 
+    /// `strict`: refuse to start unless cpu, memory and pids limits can be enforced and tasks
+    /// can get their own namespaces (the error names the missing controller and the file
+    /// that shows it). `best-effort`: run anyway and report what is not enforced (in the
+    /// log, the agent's /state and the master's /state).
+    #[arg(long, value_enum, default_value = "strict")]
+    pub isolation: crate::isolation::Policy,
+
+    /// `pids.max` of every task (0: no limit): a fork bomb stops there.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub pids_max: u64,
+
+    /// Let tasks use swap (by default `memory.swap.max` is 0: `mem` is all they get).
+    #[arg(long)]
+    pub allow_swap: bool,
+
+    /// Set `memory.high` to this percentage of a task's memory: the kernel reclaims and
+    /// throttles above it, before the OOM killer acts at `memory.max`.
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub memory_high_percent: Option<u8>,
+
+    /// `host`: tasks share the host's network. `isolated`: each task gets a fresh network
+    /// namespace with only loopback.
+    #[arg(long, value_enum, default_value = "host")]
+    pub task_network: crate::isolation::Network,
+
     /// Directory with `ca.pem`, `agent.pem` and `agent-key.pem` (as `corral certs` writes).
     #[arg(long, value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
@@ -211,6 +236,15 @@ mod tests {
         assert_eq!(cli.agent.reregister_backoff_max, Duration::from_secs(5));
         assert_eq!(cli.agent.status_update_retry_min, Duration::from_secs(10));
         assert_eq!(cli.agent.status_update_retry_max, Duration::from_secs(600));
+        assert_eq!(cli.agent.isolation, crate::isolation::Policy::Strict);
+        assert_eq!(cli.agent.pids_max, 4096);
+        assert_eq!(cli.agent.task_network, crate::isolation::Network::Host);
+        let cli = Cli::try_parse_from(["corral", "--isolation", "best-effort", "--pids-max", "0"])
+            .unwrap();
+        assert_eq!(cli.agent.isolation, crate::isolation::Policy::BestEffort);
+        assert_eq!(cli.agent.pids_max, 0);
+        assert!(Cli::try_parse_from(["corral", "--isolation", "loose"]).is_err());
+        assert!(Cli::try_parse_from(["corral", "--memory-high-percent", "0"]).is_err());
         let cli = Cli::try_parse_from(["corral", "--default-kill-grace-period", "500ms"]).unwrap();
         assert_eq!(cli.agent.default_kill_grace_period, Duration::from_millis(500));
     }

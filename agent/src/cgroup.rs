@@ -3,10 +3,11 @@
 //! a path that is not cgroup2 (statfs magic) is refused, so the agent cannot write into a v1
 //! controller tree by mistake.
 //!
-//! A [`Cgroup`] is just a directory path: create, list and kill its processes
-//! (`cgroup.kill`), watch `cgroup.events`, remove. Joining one happens between fork and exec
-//! (see `sys::spawn_in_cgroup`), with the `cgroup.procs` file that [`Cgroup::open_procs`]
-//! opens beforehand. The file parsing is pure so it is tested on fixture files.
+//! A [`Cgroup`] is just a directory path: create, read and write interface files, list and
+//! kill its processes (`cgroup.kill`), watch `cgroup.events`, remove. Tasks are started
+//! straight into one (see `sys::spawn_init`), with the directory and `cgroup.procs` opened
+//! here beforehand. What to write (limits, controllers) is decided in `isolation`. The file
+//! parsing is pure so it is tested on fixture files.
 #![forbid(unsafe_code)]
 
 use std::fs;
@@ -56,28 +57,28 @@ pub fn find_root(given: Option<&Path>) -> Result<PathBuf, CgroupError> {
     }
 }
 
-/// The limits this agent does not enforce, in words. The agent applies no cgroup limits yet
-/// (they come with the isolation work), so every limit is listed; the ones whose controller
-/// is missing from `controllers` could not be enforced on this host at all.
-pub fn not_enforced(controllers: &[String]) -> Vec<String> {
-    [("cpu", "cpus"), ("memory", "memory"), ("pids", "pids")]
-        .into_iter()
-        .map(|(c, what)| {
-            if controllers.iter().any(|have| have == c) {
-                format!("{what}: not enforced (limits are not applied yet)")
-            } else {
-                format!("{what}: not enforced")
-            }
-        })
-        .collect()
-}
-
 /// Reads `populated` from the text of a `cgroup.events` file.
 pub fn parse_populated(events: &str) -> Option<bool> {
     events.lines().find_map(|l| match l.split_once(' ') {
         Some(("populated", v)) => Some(v.trim() == "1"),
         _ => None,
     })
+}
+
+/// Reads `key value` lines (`memory.events`, `pids.events`, `cpu.stat`) into pairs; lines
+/// that are not a word and a number are skipped.
+pub fn parse_flat_keyed(text: &str) -> Vec<(&str, u64)> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k, v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// The value of `key` in a flat-keyed file's text.
+pub fn flat_keyed(text: &str, key: &str) -> Option<u64> {
+    parse_flat_keyed(text).into_iter().find(|(k, _)| *k == key).map(|(_, v)| v)
 }
 
 /// One cgroup directory.
@@ -110,6 +111,34 @@ impl Cgroup {
 
     pub fn exists(&self) -> bool {
         self.path.is_dir()
+    }
+
+    /// The path of one of this cgroup's interface files.
+    pub fn file_path(&self, name: &str) -> PathBuf {
+        self.file(name)
+    }
+
+    /// Writes `value` to the interface file `name` (one write, as the kernel wants).
+    pub fn write(&self, name: &str, value: &str) -> Result<(), CgroupError> {
+        let p = self.file(name);
+        let mut f = fs::OpenOptions::new().write(true).open(&p).map_err(io_err("open", &p))?;
+        f.write_all(value.as_bytes()).map_err(io_err("write", &p))
+    }
+
+    /// Reads the interface file `name`.
+    pub fn read(&self, name: &str) -> Result<String, CgroupError> {
+        let p = self.file(name);
+        fs::read_to_string(&p).map_err(io_err("read", &p))
+    }
+
+    /// The controllers this cgroup hands down to its children (`cgroup.subtree_control`).
+    pub fn subtree_control(&self) -> Result<Vec<String>, CgroupError> {
+        Ok(self.read("cgroup.subtree_control")?.split_whitespace().map(String::from).collect())
+    }
+
+    /// Opens the directory itself, for `clone3(CLONE_INTO_CGROUP)`.
+    pub fn open_dir(&self) -> Result<fs::File, CgroupError> {
+        fs::File::open(&self.path).map_err(io_err("open", &self.path))
     }
 
     /// Opens `cgroup.procs` for writing, for a child to join between fork and exec.
@@ -251,22 +280,6 @@ mod tests {
     }
 
     #[test]
-    fn missing_controllers_are_reported_as_not_enforced() {
-        assert_eq!(
-            not_enforced(&["hugetlb".to_string()]),
-            vec!["cpus: not enforced", "memory: not enforced", "pids: not enforced"]
-        );
-        assert_eq!(
-            not_enforced(&["cpu".into(), "pids".into()]),
-            vec![
-                "cpus: not enforced (limits are not applied yet)",
-                "memory: not enforced",
-                "pids: not enforced (limits are not applied yet)"
-            ]
-        );
-    }
-
-    #[test]
     fn a_plain_directory_is_not_cgroup2() {
         let dir = tempfile::tempdir().unwrap();
         assert!(!is_cgroup2(dir.path()));
@@ -297,16 +310,23 @@ mod tests {
         cg.create().unwrap();
         assert!(!cg.populated().unwrap());
 
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let result = rt.block_on(async {
-            let mut cmd = tokio::process::Command::new("sleep");
-            cmd.arg("60").kill_on_drop(true);
-            let child = crate::sys::spawn_in_cgroup(cmd, cg.open_procs()?)
-                .map_err(|e| CgroupError::Io { op: "spawn", path: cg.path().into(), source: e })?;
-            Ok::<_, CgroupError>(child)
-        });
-        let mut child = result.unwrap();
-        let pid = child.id().unwrap() as i32;
+        // Started straight into the cgroup, without a fork of this (test) process.
+        let devnull = fs::File::open("/dev/null").unwrap();
+        let (dir, procs) = (cg.open_dir().unwrap(), cg.open_procs().unwrap());
+        use std::os::fd::AsFd as _;
+        let argv = [std::ffi::OsStr::new("sleep"), std::ffi::OsStr::new("60")];
+        let child = crate::sys::spawn_init(&crate::sys::InitSpawn {
+            program: Path::new("/bin/sleep"),
+            argv: &argv,
+            stdio: [devnull.as_fd(), devnull.as_fd(), devnull.as_fd()],
+            cgroup_dir: dir.as_fd(),
+            cgroup_procs: procs.as_fd(),
+            namespaces: crate::sys::Namespaces::default(),
+        })
+        .unwrap();
+        let pid = child.pid.as_raw();
+        // Linux 5.7+ (every kernel this runs on here) creates it in the cgroup directly.
+        assert_eq!(child.path, crate::sys::SpawnPath::Clone3IntoCgroup);
         // It runs in the cgroup from its first instruction: /proc shows the path.
         let rel = cg.path().strip_prefix(&root).unwrap();
         let proc_cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
@@ -320,10 +340,46 @@ mod tests {
         assert_eq!(parent.children().unwrap(), vec!["c1"]);
         assert!(cg.remove().is_err(), "a populated cgroup cannot be removed");
 
+        // The path for kernels before 5.7: the child joins by writing cgroup.procs.
+        let other = crate::sys::spawn_init_without_clone3(&crate::sys::InitSpawn {
+            program: Path::new("/bin/sleep"),
+            argv: &argv,
+            stdio: [devnull.as_fd(), devnull.as_fd(), devnull.as_fd()],
+            cgroup_dir: dir.as_fd(),
+            cgroup_procs: procs.as_fd(),
+            namespaces: crate::sys::Namespaces::default(),
+        })
+        .unwrap();
+        assert_eq!(other.path, crate::sys::SpawnPath::CloneThenJoin);
+        let mut both = cg.procs().unwrap();
+        both.sort();
+        let mut want = vec![pid, other.pid.as_raw()];
+        want.sort();
+        assert_eq!(both, want);
+        // A program that cannot be exec'd is an error naming the step, and leaves no child.
+        let err = crate::sys::spawn_init(&crate::sys::InitSpawn {
+            program: Path::new("/nonexistent/corral-init"),
+            argv: &argv,
+            stdio: [devnull.as_fd(), devnull.as_fd(), devnull.as_fd()],
+            cgroup_dir: dir.as_fd(),
+            cgroup_procs: procs.as_fd(),
+            namespaces: crate::sys::Namespaces::default(),
+        })
+        .unwrap_err();
+        assert!(err.to_string().starts_with("exec: No such file"), "{err}");
+        assert_eq!(cg.procs().unwrap().len(), 2);
+
         cg.destroy(Duration::from_secs(5)).unwrap();
-        let status = rt.block_on(child.wait()).unwrap();
-        use std::os::unix::process::ExitStatusExt as _;
-        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        let _ = nix::sys::wait::waitpid(other.pid, None).unwrap();
+        let status = nix::sys::wait::waitpid(child.pid, None).unwrap();
+        assert_eq!(
+            status,
+            nix::sys::wait::WaitStatus::Signaled(
+                child.pid,
+                nix::sys::signal::Signal::SIGKILL,
+                false
+            )
+        );
         assert!(!cg.exists());
         cg.destroy(Duration::from_secs(1)).unwrap();
         parent.remove().unwrap();

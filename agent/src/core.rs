@@ -95,6 +95,9 @@ pub enum Event {
     LaunchFailed { container_id: String, message: String },
     /// The task's command ended; its cgroup is already emptied and removed.
     Exited { container_id: String, status: ExitStatus },
+    /// The container hit one of its limits and was stopped (e.g. the OOM killer at
+    /// `memory.max`); its cgroup is already emptied and removed.
+    Limited { container_id: String, reason: Reason, message: String },
     /// The agent is stopping: kill every task.
     Shutdown,
 }
@@ -361,6 +364,20 @@ impl Core {
                             &message,
                         );
                     }
+                    self.maybe_forget(&key);
+                }
+            }
+            Event::Limited { container_id, reason, message } => {
+                let any = [Phase::Launching, Phase::Starting, Phase::Running];
+                if let Some(key) = self.live(&container_id, &any) {
+                    let killed = self.finish(&key);
+                    tracing::warn!(%key, container_id, ?reason, message, "task stopped at a limit");
+                    let (state, reason) = if killed {
+                        (TaskState::TaskKilled, None)
+                    } else {
+                        (TaskState::TaskFailed, Some(reason))
+                    };
+                    self.push_update(now, &key, state, reason, Source::Agent, &message);
                     self.maybe_forget(&key);
                 }
             }
@@ -951,6 +968,30 @@ mod tests {
         assert_eq!(h.core.completed().count(), 1);
         // Every update got its own uuid.
         assert!(starting.uuid != running.uuid && running.uuid != failed.uuid);
+    }
+
+    #[test]
+    fn a_container_stopped_at_its_memory_limit_fails_with_the_limitation_reason() {
+        let mut h = Harness::new();
+        h.register();
+        let cid = h.run("t1");
+        let starting = one_update(&h.handle(Event::Launched { container_id: cid.clone() }));
+        h.handle(Event::Started { container_id: cid.clone(), pid: 2 });
+        let running = one_update(&h.ack(&starting));
+        let message = "Memory limit exceeded: Requested: 32MB Maximum Used: 32MB".to_string();
+        assert!(
+            updates(&h.handle(Event::Limited {
+                container_id: cid.clone(),
+                reason: Reason::ContainerLimitationMemory,
+                message: message.clone(),
+            }))
+            .is_empty()
+        );
+        let failed = one_update(&h.ack(&running));
+        assert_eq!(state(&failed), TaskState::TaskFailed);
+        assert_eq!(failed.reason, Some(Reason::ContainerLimitationMemory as i32));
+        assert_eq!(failed.source, Source::Agent as i32);
+        assert_eq!(failed.message, message);
     }
 
     #[test]

@@ -14,6 +14,8 @@ pub enum AgentError {
     Tls(#[from] corral_wire::tls::TlsError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Isolation(#[from] crate::isolation::IsolationError),
     #[error("cannot prepare the work dir {path}: {source}")]
     WorkDir { path: PathBuf, source: std::io::Error },
     #[error("cannot listen for http on {addr}: {source}")]

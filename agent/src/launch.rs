@@ -4,31 +4,37 @@
 //! 1. resolves the user, creates the sandbox (`stdout`, `stderr`, owned by the task's user),
 //!    the run directory with `task.json`, and the task's cgroup (blocking work, off the
 //!    runtime);
-//! 2. spawns `LAUNCHER __task-init RUN_DIR` straight into the cgroup, then reports
-//!    `Launched`;
+//!    writes the task's limits into the cgroup (`isolation`);
+//! 2. spawns `LAUNCHER __task-init RUN_DIR` straight into the cgroup and its new namespaces
+//!    (`sys::spawn_init`, no fork of the agent), then reports `Launched`;
 //! 3. relays the init's report lines (`Started`) and the shell's kill requests (SIGTERM to
 //!    the init, which forwards it; `cgroup.kill`);
-//! 4. when the init is gone: kills leftovers, waits for the cgroup to be empty, removes it, and
-//!    only then reports `Exited` or `LaunchFailed`, so a terminal status update always means
-//!    "nothing of this task runs any more".
+//! 4. when the init is gone: reads `memory.events` (an OOM kill is a `Limited` end), kills
+//!    leftovers, waits for the cgroup to be empty, removes it, and only then reports `Exited`,
+//!    `Limited` or `LaunchFailed`, so a terminal status update always means "nothing of this
+//!    task runs any more".
 #![forbid(unsafe_code)]
 
+use std::ffi::OsStr;
 use std::fs;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-use std::os::unix::process::ExitStatusExt as _;
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use corral_wire::mesos::v1::task_status::Reason;
+use nix::sys::wait::WaitStatus;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::sync::mpsc;
 
 use crate::cgroup::Cgroup;
 use crate::core::{Event, ExitStatus, Launch};
 use crate::host::AgentUser;
+use crate::isolation::{self, Isolation, Network};
 use crate::paths;
-use crate::shim::{Report, RunAs, ShimSpec};
+use crate::shim::{InitIsolation, Report, RunAs, ShimSpec};
+use crate::sys::{InitSpawn, Namespaces, SpawnedInit};
 
 /// How long a container's cgroup may take to empty after `cgroup.kill`.
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,6 +48,9 @@ pub struct LaunchEnv {
     /// The agent's cgroup; containers are its children.
     pub cgroups: Cgroup,
     pub agent_user: AgentUser,
+    pub isolation: Isolation,
+    /// The hostname tasks see (their own uts namespace is set to it).
+    pub hostname: String,
 }
 
 /// A kill request for a running container.
@@ -78,6 +87,7 @@ pub fn start(
 enum Outcome {
     Failed(String),
     Ended(ExitStatus),
+    Limited(Reason, String),
 }
 
 async fn monitor(
@@ -98,6 +108,7 @@ async fn monitor(
     let event = match outcome {
         Outcome::Failed(message) => Event::LaunchFailed { container_id, message },
         Outcome::Ended(status) => Event::Exited { container_id, status },
+        Outcome::Limited(reason, message) => Event::Limited { container_id, reason, message },
     };
     let _ = events.send(event);
 }
@@ -122,89 +133,126 @@ async fn run_container(
     if control.try_recv().is_ok() {
         return Outcome::Failed("task killed before it started".into());
     }
-    let mut cmd = tokio::process::Command::new(&env.launcher);
-    cmd.arg(crate::TASK_INIT_ARG)
-        .arg(&prepared.run_dir)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(prepared.stderr);
-    let mut child = match crate::sys::spawn_in_cgroup(cmd, prepared.procs) {
-        Ok(c) => c,
-        Err(e) => {
-            return Outcome::Failed(format!(
-                "cannot start the task init {}: {e}",
-                env.launcher.display()
-            ));
-        }
+    let spawned = {
+        let env = env.clone();
+        tokio::task::spawn_blocking(move || spawn(&env, prepared)).await
     };
-    let init_pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
-    tracing::debug!(container_id, ?init_pid, "task init spawned");
+    let (init, report_pipe, run_dir) = match spawned {
+        Ok(Ok(s)) => s,
+        Ok(Err(message)) => return Outcome::Failed(message),
+        Err(e) => return Outcome::Failed(format!("spawning the task init panicked: {e}")),
+    };
+    let init_pid = init.pid;
+    tracing::debug!(container_id, pid = init_pid.as_raw(), path = ?init.path, "task init spawned");
     let _ = events.send(Event::Launched { container_id: container_id.clone() });
 
     let mut last: Option<Report> = None;
-    if let Some(stdout) = child.stdout.take() {
-        let mut lines = BufReader::new(stdout).lines();
-        let mut control_open = true;
-        loop {
-            tokio::select! {
-                line = lines.next_line() => match line {
-                    Ok(Some(l)) => match Report::parse(&l) {
-                        Some(Report::Started(pid)) => {
-                            let _ = events.send(Event::Started { container_id: container_id.clone(), pid });
+    match tokio::net::unix::pipe::Receiver::from_owned_fd(report_pipe) {
+        Ok(pipe) => {
+            let mut lines = BufReader::new(pipe).lines();
+            let mut control_open = true;
+            loop {
+                tokio::select! {
+                    line = lines.next_line() => match line {
+                        Ok(Some(l)) => match Report::parse(&l) {
+                            Some(Report::Started(pid)) => {
+                                let _ = events.send(Event::Started { container_id: container_id.clone(), pid });
+                            }
+                            Some(r) => last = Some(r),
+                            None => tracing::warn!(container_id, line = l, "unexpected line from the task init"),
+                        },
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(container_id, "reading the task init's report: {e}");
+                            break;
                         }
-                        Some(r) => last = Some(r),
-                        None => tracing::warn!(container_id, line = l, "unexpected line from the task init"),
                     },
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::warn!(container_id, "reading the task init's report: {e}");
-                        break;
-                    }
-                },
-                c = control.recv(), if control_open => match c {
-                    // The init is our unreaped child until `wait` below: its pid cannot have
-                    // been reused.
-                    Some(Control::Terminate) => {
-                        if let Some(pid) = init_pid
-                            && let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)
-                        {
-                            tracing::debug!(container_id, "SIGTERM to the task init: {e}");
+                    c = control.recv(), if control_open => match c {
+                        // The init is our unreaped child until `wait_exit` below: its pid
+                        // cannot have been reused.
+                        Some(Control::Terminate) => {
+                            if let Err(e) = nix::sys::signal::kill(init_pid, nix::sys::signal::Signal::SIGTERM) {
+                                tracing::debug!(container_id, "SIGTERM to the task init: {e}");
+                            }
                         }
-                    }
-                    Some(Control::ForceKill) => {
-                        tracing::info!(container_id, "grace period over: killing the container");
-                        if let Err(e) = cgroup.kill() {
-                            tracing::warn!(container_id, "{e}");
+                        Some(Control::ForceKill) => {
+                            tracing::info!(container_id, "grace period over: killing the container (cgroup.kill)");
+                            if let Err(e) = cgroup.kill() {
+                                tracing::warn!(container_id, "{e}");
+                            }
                         }
-                    }
-                    None => control_open = false,
-                },
+                        None => control_open = false,
+                    },
+                }
             }
         }
+        Err(e) => tracing::warn!(container_id, "cannot read the task init's report: {e}"),
     }
-    let status = child.wait().await;
+    let status = wait_exit(init).await;
+    // An OOM kill anywhere in the container (memory.oom.group takes all of it) is the end.
+    if env.isolation.has("memory") {
+        let cg = cgroup.clone();
+        if let Ok(Some(message)) =
+            tokio::task::spawn_blocking(move || isolation::memory_limitation(&cg)).await
+        {
+            return Outcome::Limited(Reason::ContainerLimitationMemory, message);
+        }
+    }
     // The pipe can lose the last line only if the init died writing it; the file is the
     // record a restarted agent would read too.
-    let last = last.or_else(|| crate::shim::read_exit_status(&prepared.run_dir));
+    let last = last.or_else(|| crate::shim::read_exit_status(&run_dir));
     match (last, status) {
         (Some(Report::Ended(s)), _) => Outcome::Ended(s),
         (Some(Report::Failed(m)), _) => Outcome::Failed(m),
-        (_, Ok(st)) => match st.signal() {
+        (_, Ok(WaitStatus::Signaled(_, sig, _))) => {
             // Killed (cgroup.kill) before it could report: so was its task.
-            Some(sig) => Outcome::Ended(ExitStatus::Signal(sig)),
-            None => Outcome::Failed(format!("the task init ended ({st}) without a report")),
-        },
+            Outcome::Ended(ExitStatus::Signal(sig as i32))
+        }
+        (_, Ok(st)) => Outcome::Failed(format!("the task init ended ({st:?}) without a report")),
         (_, Err(e)) => Outcome::Failed(format!("cannot wait for the task init: {e}")),
     }
+}
+
+/// Waits until the init exits (its pidfd turns readable) and reaps it.
+async fn wait_exit(init: SpawnedInit) -> Result<WaitStatus, String> {
+    crate::sys::pidfd_exited(init.pidfd)
+        .await
+        .map_err(|e| format!("cannot watch the init's pidfd: {e}"))?;
+    nix::sys::wait::waitpid(init.pid, None).map_err(|e| e.to_string())
+}
+
+/// Spawns the init of a prepared container. Blocking (the calling thread waits until the
+/// child has exec'd). Returns the init, the read end of its report pipe and the run dir.
+fn spawn(env: &LaunchEnv, p: Prepared) -> Result<(SpawnedInit, OwnedFd, PathBuf), String> {
+    let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("cannot make the report pipe: {e}"))?;
+    let argv: [&OsStr; 3] =
+        [env.launcher.as_os_str(), OsStr::new(crate::TASK_INIT_ARG), p.run_dir.as_os_str()];
+    let iso = &env.isolation;
+    let req = InitSpawn {
+        program: &env.launcher,
+        argv: &argv,
+        stdio: [p.stdin.as_fd(), report_write.as_fd(), p.stderr.as_fd()],
+        cgroup_dir: p.cgroup_dir.as_fd(),
+        cgroup_procs: p.procs.as_fd(),
+        namespaces: Namespaces {
+            private: iso.namespaces,
+            net: iso.namespaces && iso.network == Network::Isolated,
+        },
+    };
+    let init = crate::sys::spawn_init(&req)
+        .map_err(|e| format!("cannot start the task init {}: {e}", env.launcher.display()))?;
+    Ok((init, report_read, p.run_dir))
 }
 
 /// What `prepare` made.
 struct Prepared {
     run_dir: PathBuf,
+    stdin: fs::File,
     /// The sandbox's `stderr`, for the init's own complaints.
     stderr: fs::File,
-    /// The container cgroup's `cgroup.procs`, open for the spawn.
+    /// The container cgroup's directory and `cgroup.procs`, open for the spawn.
+    cgroup_dir: fs::File,
     procs: fs::File,
 }
 
@@ -218,7 +266,16 @@ fn prepare(env: &LaunchEnv, launch: &Launch, cgroup: &Cgroup) -> Result<Prepared
         &launch.task.task_id,
         &launch.container_id,
     );
-    let spec = ShimSpec::new(launch, &sandbox, run_as.clone())?;
+    let mut spec = ShimSpec::new(launch, &sandbox, run_as.clone())?;
+    let iso = &env.isolation;
+    if iso.namespaces {
+        spec.isolation = InitIsolation {
+            namespaces: true,
+            hostname: Some(env.hostname.clone()),
+            loopback: iso.network == Network::Isolated,
+            tmp: Some(sandbox.join("tmp")),
+        };
+    }
     let fail =
         |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
     fs::create_dir_all(&sandbox).map_err(|e| fail("create the sandbox", &sandbox, e))?;
@@ -234,6 +291,14 @@ fn prepare(env: &LaunchEnv, launch: &Launch, cgroup: &Cgroup) -> Result<Prepared
         stderr = Some(f);
     }
     let stderr = stderr.ok_or("no stderr file")?;
+    // The task's private /tmp (bind-mounted over /tmp by the init): world-writable and
+    // sticky, like /tmp.
+    let tmp = sandbox.join("tmp");
+    if spec.isolation.tmp.is_some() {
+        fs::create_dir_all(&tmp).map_err(|e| fail("create", &tmp, e))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777))
+            .map_err(|e| fail("set the mode of", &tmp, e))?;
+    }
     if let Some(u) = &run_as {
         let (uid, gid) =
             (Some(nix::unistd::Uid::from_raw(u.uid)), Some(nix::unistd::Gid::from_raw(u.gid)));
@@ -253,8 +318,18 @@ fn prepare(env: &LaunchEnv, launch: &Launch, cgroup: &Cgroup) -> Result<Prepared
     let spec_path = run_dir.join(paths::TASK_SPEC_FILE);
     fs::write(&spec_path, json).map_err(|e| fail("write", &spec_path, e))?;
     cgroup.create().map_err(|e| e.to_string())?;
+    let resources = &launch.task.resources;
+    let limits = isolation::Limits::for_task(
+        resources.scalar("cpus").as_f64(),
+        resources.scalar("mem").as_f64(),
+        &iso.limits,
+    );
+    isolation::apply(cgroup, &limits, iso)
+        .map_err(|e| format!("cannot set the container's limits: {e}"))?;
+    let cgroup_dir = cgroup.open_dir().map_err(|e| e.to_string())?;
     let procs = cgroup.open_procs().map_err(|e| e.to_string())?;
-    Ok(Prepared { run_dir, stderr, procs })
+    let stdin = fs::File::open("/dev/null").map_err(|e| fail("open", Path::new("/dev/null"), e))?;
+    Ok(Prepared { run_dir, stdin, stderr, cgroup_dir, procs })
 }
 
 /// Who the task runs as: the command's user, else the framework's; empty means the agent's

@@ -29,6 +29,7 @@ pub mod core;
 mod error;
 mod host;
 mod http;
+pub mod isolation;
 mod launch;
 mod paths;
 mod shell;

@@ -26,11 +26,14 @@ use crate::core::{Command, Core, CoreConfig, Event, RandomIds};
 use crate::error::AgentError;
 use crate::host::{self, AgentUser};
 use crate::http::{self, HttpState, SharedCore, lock};
+use crate::isolation::{self, LimitPolicy, Network};
 use crate::launch::{self, ContainerHandle, Control, LaunchEnv};
 use crate::{clock, paths};
 
 /// How long a stopping agent waits for the master to acknowledge the last updates.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long containers an earlier agent left may take to die at start.
+const DESTROY_STALE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many forgotten tasks `/state` keeps showing.
 const COMPLETED_TASKS: usize = 1000;
 
@@ -144,30 +147,63 @@ impl Setup {
         }
         let cgroups = Cgroup::new(root.join(&parent_name));
         cgroups.create()?;
+        // Containers of an earlier agent on this port (SIGKILLed, or its host rebooted into
+        // a stale tree): their tasks were already reported lost when that agent went away.
         match cgroups.children() {
-            Ok(c) if !c.is_empty() => tracing::warn!(
-                cgroup = %cgroups.path().display(),
-                "containers of an earlier agent are still there (recovery is not implemented; they are left alone): {c:?}"
-            ),
+            Ok(c) if !c.is_empty() => {
+                tracing::warn!(
+                    cgroup = %cgroups.path().display(),
+                    "removing containers an earlier agent left behind: {c:?}"
+                );
+                for name in c {
+                    if let Err(e) = cgroups.child(&name).destroy_tree(DESTROY_STALE_TIMEOUT) {
+                        tracing::warn!("{e}");
+                    }
+                }
+            }
             _ => {}
         }
-        let controllers = cgroups.controllers().unwrap_or_else(|e| {
-            tracing::warn!("{e}");
-            Vec::new()
-        });
+        let agent_user = AgentUser::current();
+        let setup = isolation::setup(
+            &root,
+            &cgroups,
+            args.isolation,
+            agent_user.is_root(),
+            args.task_network,
+            LimitPolicy {
+                pids_max: (args.pids_max > 0).then_some(args.pids_max),
+                allow_swap: args.allow_swap,
+                memory_high_percent: args.memory_high_percent,
+            },
+        );
+        let iso = match setup {
+            Ok(iso) => iso,
+            Err(e) => {
+                // Leave nothing behind: the cgroup was made above.
+                let _ = cgroups.remove();
+                return Err(e.into());
+            }
+        };
         let isolation = IsolationReport {
+            policy: iso.policy.as_str().into(),
             cgroup_root: cgroups.path().to_string_lossy().into_owned(),
-            not_enforced: cgroup::not_enforced(&controllers),
-            controllers,
+            controllers: iso.controllers.clone(),
+            not_enforced: iso.not_enforced(),
+            namespaces: iso.namespaces,
+            network: match iso.network {
+                Network::Host => "host".into(),
+                Network::Isolated => "isolated".into(),
+            },
         };
         for line in &isolation.not_enforced {
-            tracing::warn!("resource limits: {line}");
+            tracing::warn!("isolation ({}): {line}", iso.policy.as_str());
         }
+        let hostname = args.hostname.clone().unwrap_or_else(host::hostname);
 
         let registration = Registration {
             protocol_version: PROTOCOL_VERSION,
             agent_id: None,
-            hostname: args.hostname.clone().unwrap_or_else(host::hostname),
+            hostname: hostname.clone(),
             http_address: args.advertise_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)).to_string(),
             http_port: port,
             resources,
@@ -197,7 +233,9 @@ impl Setup {
                 work_dir,
                 launcher,
                 cgroups,
-                agent_user: AgentUser::current(),
+                agent_user,
+                isolation: iso,
+                hostname,
             }),
             registration,
         })

@@ -4,10 +4,17 @@
 //! learn the task's end.
 //!
 //! Protocol with the agent:
-//! - The agent spawns it straight into the task's cgroup, in a new session, with SIGTERM,
-//!   SIGINT and SIGCHLD blocked (`sys::spawn_in_cgroup`); stdin is `/dev/null`, stdout is a
-//!   pipe to the agent (the report channel), stderr is the sandbox's `stderr` file (so its own
-//!   complaints reach the user). Its environment is empty. It gets no parent-death signal.
+//! - The agent spawns it straight into the task's cgroup, in a new session, with the signals
+//!   of [`crate::sys::init_signals`] blocked (`sys::spawn_init`); stdin is `/dev/null`, stdout
+//!   is a pipe to the agent (the report channel), stderr is the sandbox's `stderr` file (so
+//!   its own complaints reach the user). Its environment is empty. It gets no parent-death
+//!   signal.
+//! - With [`InitIsolation::namespaces`] it is pid 1 of new pid, mount, uts and ipc namespaces
+//!   (and of a new network namespace when asked). Before the task starts it makes every mount
+//!   private, mounts a fresh `/proc` (so the task sees only its own processes), bind-mounts
+//!   the sandbox's `tmp` over `/tmp`, sets the hostname and brings loopback up. As pid 1 it
+//!   reaps every orphan; when the task ends, so does the init, and the kernel kills whatever
+//!   else is left in the namespace. Without namespaces it is a child subreaper instead.
 //! - `argv`: `[launcher, "__task-init", RUN_DIR]`. `RUN_DIR/task.json` is the [`ShimSpec`]:
 //!   program, argv, environment, sandbox, and the uid/gid/groups to run as (resolved by the
 //!   agent, so the init needs no user database).
@@ -16,15 +23,19 @@
 //!   The final line is also written atomically (temp file, fsync, rename, fsync of the
 //!   directory) to `RUN_DIR/exit_status` before it is sent, and the init then exits 0 (1 after
 //!   `failed`). SIGPIPE is ignored: with the agent gone the report write fails, nothing else.
-//! - SIGTERM and SIGINT sent to it are forwarded to the task's process group.
+//! - SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to it are forwarded: to every
+//!   process of the container's pid namespace, or without one to the task's process group.
 //!
 //! The task: its own process group, cwd the sandbox, stdin `/dev/null`, stdout/stderr the
 //! sandbox's files, the spec's environment only, default signal dispositions and an empty
-//! signal mask (restored explicitly: std does not), and no descriptor but 0, 1 and 2.
+//! signal mask (restored explicitly: std does not), no descriptor but 0, 1 and 2, the bounding
+//! set cut down to [`DEFAULT_CAPABILITIES`] (and no capabilities at all unless it runs as
+//! root).
 #![forbid(unsafe_code)]
 
 use std::fs;
 use std::io::Write as _;
+use std::os::fd::AsRawFd as _;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -50,6 +61,45 @@ pub struct ShimSpec {
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub run_as: Option<RunAs>,
+    #[serde(default)]
+    pub isolation: InitIsolation,
+}
+
+/// What the init sets up around the task.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct InitIsolation {
+    /// The init is pid 1 of its own pid, mount, uts and ipc namespaces.
+    pub namespaces: bool,
+    /// Hostname to set in the uts namespace.
+    pub hostname: Option<String>,
+    /// A fresh network namespace: bring `lo` up.
+    pub loopback: bool,
+    /// Directory to bind-mount over `/tmp`.
+    pub tmp: Option<PathBuf>,
+}
+
+/// The capabilities a task keeps in its bounding set (and holds, if it runs as root): the
+/// same default set as Docker's. Everything else, `CAP_SYS_ADMIN` first, is gone for good.
+pub const DEFAULT_CAPABILITIES: &[u32] = &[
+    0,  // CAP_CHOWN
+    1,  // CAP_DAC_OVERRIDE
+    3,  // CAP_FOWNER
+    4,  // CAP_FSETID
+    5,  // CAP_KILL
+    6,  // CAP_SETGID
+    7,  // CAP_SETUID
+    8,  // CAP_SETPCAP
+    10, // CAP_NET_BIND_SERVICE
+    13, // CAP_NET_RAW
+    18, // CAP_SYS_CHROOT
+    27, // CAP_MKNOD
+    29, // CAP_AUDIT_WRITE
+    31, // CAP_SETFCAP
+];
+
+/// [`DEFAULT_CAPABILITIES`] as a bit mask.
+pub fn default_capability_mask() -> u64 {
+    DEFAULT_CAPABILITIES.iter().fold(0, |m, c| m | (1u64 << c))
 }
 
 /// A resolved user to run the task as.
@@ -102,7 +152,14 @@ impl ShimSpec {
         if let Some(u) = &run_as {
             set("USER", &u.name);
         }
-        Ok(ShimSpec { sandbox: sandbox.to_path_buf(), program, argv, env, run_as })
+        Ok(ShimSpec {
+            sandbox: sandbox.to_path_buf(),
+            program,
+            argv,
+            env,
+            run_as,
+            isolation: InitIsolation::default(),
+        })
     }
 }
 
@@ -152,14 +209,19 @@ pub fn task_init_main() -> ! {
         eprintln!("corral task init: cannot close inherited descriptors: {e}");
     }
     let run_dir = std::env::args_os().nth(2).map(PathBuf::from);
-    let final_report = match &run_dir {
-        Some(dir) => run_task(dir),
-        None => Report::Failed("task init needs the run directory as its second argument".into()),
+    // Held open: the container's mounts may hide the run directory's path (a work dir under
+    // /tmp), and the exit status is written through the descriptor.
+    let run_dir_fd = run_dir.as_ref().map(fs::File::open);
+    let final_report = match (&run_dir, &run_dir_fd) {
+        (Some(dir), Some(Ok(_))) => run_task(dir),
+        (Some(dir), Some(Err(e))) => Report::Failed(format!("cannot open {}: {e}", dir.display())),
+        _ => Report::Failed("task init needs the run directory as its second argument".into()),
     };
-    if let Some(dir) = &run_dir
-        && let Err(e) = write_atomically(dir, EXIT_STATUS_FILE, &final_report.line())
-    {
-        eprintln!("corral task init: cannot record the exit status in {}: {e}", dir.display());
+    if let (Some(dir), Some(Ok(fd))) = (&run_dir, &run_dir_fd) {
+        let via_fd = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        if let Err(e) = write_atomically(&via_fd, EXIT_STATUS_FILE, &final_report.line()) {
+            eprintln!("corral task init: cannot record the exit status in {}: {e}", dir.display());
+        }
     }
     report(&final_report);
     std::process::exit(if matches!(final_report, Report::Failed(_)) { 1 } else { 0 })
@@ -187,6 +249,18 @@ fn run_task(run_dir: &Path) -> Report {
         Ok(s) => s,
         Err(e) => return Report::Failed(format!("cannot read {}: {e}", spec_path.display())),
     };
+    let iso = &spec.isolation;
+    if iso.namespaces {
+        if let Err(e) = crate::sys::setup_container_namespaces(
+            iso.hostname.as_deref(),
+            iso.tmp.as_deref().map(|t| (t, spec.sandbox.as_path())),
+            iso.loopback,
+        ) {
+            return Report::Failed(format!("cannot set up the container: {e}"));
+        }
+    } else if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        eprintln!("corral task init: cannot become a subreaper: {e}");
+    }
     let open = |name: &str| {
         let p = spec.sandbox.join(name);
         fs::OpenOptions::new()
@@ -212,7 +286,11 @@ fn run_task(run_dir: &Path) -> Report {
         .stderr(stderr)
         .process_group(0);
     let ids = spec.run_as.as_ref().map(|u| (u.uid, u.gid, u.groups.clone()));
-    crate::sys::prepare_task_exec(&mut cmd, ids);
+    // Only a root init can (and needs to) drop capabilities.
+    let caps = nix::unistd::geteuid()
+        .is_root()
+        .then(|| crate::sys::CapDrop::new(default_capability_mask()));
+    crate::sys::prepare_task_exec(&mut cmd, ids, caps);
     let child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
@@ -231,18 +309,29 @@ fn run_task(run_dir: &Path) -> Report {
                 continue;
             }
         };
-        match sig {
-            Signal::SIGCHLD => match nix::sys::wait::waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(_, code)) => return Report::Ended(ExitStatus::Code(code)),
-                Ok(WaitStatus::Signaled(_, s, _)) => {
+        if sig != Signal::SIGCHLD {
+            // ESRCH just means nothing is left to signal.
+            let _ = if iso.namespaces {
+                // Every process of the container's pid namespace but this init.
+                nix::sys::signal::kill(Pid::from_raw(-1), sig)
+            } else {
+                // The task leads its own process group.
+                nix::sys::signal::killpg(pid, sig)
+            };
+            continue;
+        }
+        // Reap everything that has ended: the task, and orphans that were reparented here.
+        loop {
+            match nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(p, code)) if p == pid => {
+                    return Report::Ended(ExitStatus::Code(code));
+                }
+                Ok(WaitStatus::Signaled(p, s, _)) if p == pid => {
                     return Report::Ended(ExitStatus::Signal(s as i32));
                 }
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
                 Ok(_) => {}
                 Err(e) => return Report::Failed(format!("cannot wait for the task: {e}")),
-            },
-            other => {
-                // The task leads its own process group; ESRCH just means it is gone.
-                let _ = nix::sys::signal::killpg(pid, other);
             }
         }
     }

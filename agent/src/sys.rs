@@ -1,66 +1,454 @@
-//! The agent's only `unsafe` code: the hooks that run in a forked child between `fork` and
-//! `exec`, and the few process-wide settings the per-task init makes before it does anything
-//! else. Each hook calls only async-signal-safe functions (raw syscalls), allocates nothing and
-//! takes no lock: after `fork` in a multi-threaded parent, any lock another thread held stays
-//! held forever in the child.
+//! The agent's only `unsafe` code, kept small:
+//!
+//! - [`spawn_init`]: starts a task's init without forking the agent. The child shares the
+//!   agent's memory and the agent's thread waits until it has exec'd (`CLONE_VM |
+//!   CLONE_VFORK`, what `posix_spawn` does), so the cost does not grow with the agent's size.
+//!   Where the kernel has it (5.7+), `clone3` puts the child into its cgroup as it is created
+//!   (`CLONE_INTO_CGROUP`); elsewhere the child writes itself into `cgroup.procs` before it
+//!   execs. Either way nothing of the init runs outside the task's cgroup. The new pid, mount,
+//!   uts, ipc (and optionally network) namespaces are made by the same call. The child runs
+//!   only async-signal-safe syscalls on memory prepared before the clone.
+//! - The hooks that run in the init's forked child between `fork` and `exec` of the task:
+//!   default signal state, capability bounding, user switch.
+//! - The few process-wide settings the per-task init makes before it does anything else.
+//!
+//! Each hook allocates nothing and takes no lock: after `fork` in a multi-threaded parent (or
+//! in a child sharing its memory) any lock another thread held stays held in the child.
 
-use std::fs::File;
+use std::ffi::{CString, OsStr, c_char, c_int, c_void};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd as _, OwnedFd};
+use std::os::unix::ffi::OsStrExt as _;
+use std::path::Path;
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+
+use nix::unistd::Pid;
 
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 
 /// The signals the per-task init waits for synchronously (`sigwait`). They are blocked from its
-/// first instruction, so a SIGTERM that arrives before it is ready is kept, not fatal.
+/// first instruction, so a SIGTERM that arrives before it is ready is kept, not fatal (and,
+/// blocked, they reach a pid-namespace init that has no handler for them).
 pub fn init_signals() -> SigSet {
     let mut set = SigSet::empty();
-    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGCHLD,
+    ] {
         set.add(s);
     }
     set
 }
 
-/// Spawns `cmd` straight into the cgroup whose `cgroup.procs` is `procs`, in a new session,
-/// with [`init_signals`] blocked. The child writes `0` ("this process") to `procs` before it
-/// execs, so it never runs a single instruction of the new program outside the cgroup.
-pub fn spawn_in_cgroup(
-    mut cmd: tokio::process::Command,
-    procs: File,
-) -> io::Result<tokio::process::Child> {
-    let fd = procs.as_raw_fd();
-    let blocked = init_signals();
-    let hook = move || -> io::Result<()> {
-        // SAFETY: `fd` is open: `procs` is owned by this function and dropped only after
-        // `spawn` returned (the child got its own copy of the descriptor table at fork). The
-        // buffer is a 1-byte static string. write(2) is async-signal-safe.
-        let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
-        if n != 1 {
-            return Err(io::Error::last_os_error());
-        }
-        nix::unistd::setsid()?;
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&blocked), None)?;
-        Ok(())
-    };
-    // SAFETY: the hook runs in the child between fork and exec. It only calls write(2),
-    // setsid(2) and sigprocmask(2) (async-signal-safe syscalls; nix's wrappers add no
-    // allocation, and converting their errno to io::Error allocates nothing), reads only
-    // values it owns (`fd`, `blocked`), and takes no lock.
-    unsafe { cmd.pre_exec(hook) };
-    let child = cmd.spawn();
-    drop(procs);
-    child
+/// The namespaces a task's init is created in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Namespaces {
+    /// New pid, mount, uts and ipc namespaces.
+    pub private: bool,
+    /// A new network namespace (loopback only).
+    pub net: bool,
 }
 
+impl Namespaces {
+    fn clone_flags(self) -> u64 {
+        let mut f = 0;
+        if self.private {
+            f |= (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)
+                as u64;
+        }
+        if self.net {
+            f |= libc::CLONE_NEWNET as u64;
+        }
+        f
+    }
+}
+
+/// What [`spawn_init`] starts.
+pub struct InitSpawn<'a> {
+    pub program: &'a Path,
+    /// The whole argv, `argv[0]` included. The environment is empty.
+    pub argv: &'a [&'a OsStr],
+    /// Descriptors that become the child's 0, 1 and 2.
+    pub stdio: [BorrowedFd<'a>; 3],
+    /// The cgroup's directory (for `CLONE_INTO_CGROUP`).
+    pub cgroup_dir: BorrowedFd<'a>,
+    /// The cgroup's `cgroup.procs`, open for writing (for kernels without it).
+    pub cgroup_procs: BorrowedFd<'a>,
+    pub namespaces: Namespaces,
+}
+
+/// How the child got into its cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnPath {
+    /// `clone3` with `CLONE_INTO_CGROUP`: created there.
+    Clone3IntoCgroup,
+    /// `clone`, then the child wrote itself into `cgroup.procs` before `execve`.
+    CloneThenJoin,
+}
+
+/// A started init: its pid (in the agent's namespace) and a pidfd, which becomes readable
+/// when it exits.
+#[derive(Debug)]
+pub struct SpawnedInit {
+    pub pid: Pid,
+    pub pidfd: OwnedFd,
+    pub path: SpawnPath,
+}
+
+/// Everything the child needs, prepared by the parent; the child writes back only `errno`
+/// and `step` (it shares the parent's memory until it execs).
+#[repr(C)]
+struct ChildCtx {
+    program: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    stdio: [c_int; 3],
+    /// `cgroup.procs` to join; -1 when the clone already placed the child.
+    procs_fd: c_int,
+    mask: libc::sigset_t,
+    errno: AtomicI32,
+    step: AtomicI32,
+}
+
+const STEP_CGROUP: i32 = 1;
+const STEP_SETSID: i32 = 2;
+const STEP_STDIO: i32 = 3;
+const STEP_SIGMASK: i32 = 4;
+const STEP_EXEC: i32 = 5;
+
+fn step_name(step: i32) -> &'static str {
+    match step {
+        STEP_CGROUP => "join the cgroup",
+        STEP_SETSID => "start a session",
+        STEP_STDIO => "set up stdin/stdout/stderr",
+        STEP_SIGMASK => "set the signal mask",
+        _ => "exec",
+    }
+}
+
+/// The child's whole life: runs on its own small stack, in the parent's memory, with every
+/// signal blocked. Returns only on failure (the exit status of the child).
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `ChildCtx` that `spawn_init` keeps alive (and does not touch)
+    // until this child has exec'd or exited: with CLONE_VFORK the parent's thread is suspended
+    // until then.
+    let ctx = unsafe { &*(arg as *const ChildCtx) };
+    let fail = |step: i32| -> c_int {
+        // SAFETY: __errno_location returns this thread's errno slot; reading it is safe.
+        let e = unsafe { *libc::__errno_location() };
+        ctx.errno.store(e, Ordering::Relaxed);
+        ctx.step.store(step, Ordering::Release);
+        127
+    };
+    // Handlers the agent installed must not run here (this child shares its memory): back to
+    // the default before any signal can be unblocked. The child has its own copy of the
+    // disposition table (no CLONE_SIGHAND), so the agent's stay as they are.
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: sigaction(2) with a zeroed struct on this stack; a signal number the C
+        // library reserves just fails with EINVAL.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) == 0
+                && old.sa_sigaction != libc::SIG_IGN
+                && old.sa_sigaction != libc::SIG_DFL
+            {
+                let mut dfl: libc::sigaction = std::mem::zeroed();
+                dfl.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+    }
+    // SAFETY: plain syscalls on descriptors the parent keeps open for the duration of the
+    // clone, and on a static 1-byte buffer.
+    unsafe {
+        if ctx.procs_fd >= 0 && libc::write(ctx.procs_fd, b"0".as_ptr().cast(), 1) != 1 {
+            return fail(STEP_CGROUP);
+        }
+        if libc::setsid() < 0 {
+            return fail(STEP_SETSID);
+        }
+        for (target, &fd) in ctx.stdio.iter().enumerate() {
+            let target = target as c_int;
+            let ok = if fd == target {
+                libc::fcntl(fd, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(fd, target) == target
+            };
+            if !ok {
+                return fail(STEP_STDIO);
+            }
+        }
+        if libc::sigprocmask(libc::SIG_SETMASK, &ctx.mask, std::ptr::null_mut()) != 0 {
+            return fail(STEP_SIGMASK);
+        }
+        libc::execve(ctx.program, ctx.argv, ctx.envp);
+    }
+    fail(STEP_EXEC)
+}
+
+/// `struct clone_args` (linux/sched.h), version 2 (88 bytes, with `cgroup`).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_PIDFD: u64 = 0x1000;
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+/// The child's stack: it runs `child_main` and libc's thin syscall wrappers only.
+const CHILD_STACK: usize = 64 * 1024;
+
+/// Whether `clone3(CLONE_INTO_CGROUP)` works here: 0 not tried, 1 yes, 2 no.
+static CLONE3: AtomicU8 = AtomicU8::new(0);
+
+/// `clone3` that runs `f(arg)` in the child on the stack the args name, then `exit`s with
+/// its result. Returns the raw syscall result: the child's pid, or `-errno`.
+///
+/// # Safety
+/// `args` must describe a valid stack (`CLONE_VM` children run on it) and `f` must be safe to
+/// run in a child that shares the caller's memory.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone3_run(
+    args: &mut CloneArgs,
+    f: extern "C" fn(*mut c_void) -> c_int,
+    arg: *mut c_void,
+) -> i64 {
+    let ret: i64;
+    // SAFETY: the syscall returns twice. The parent (rax != 0) jumps to 2 and leaves with
+    // only rax, rcx and r11 changed, as declared. The child (rax == 0) starts on its own stack
+    // (the kernel sets rsp to stack + stack_size), aligns it, calls `f(arg)` and exits with
+    // its result: it never returns into Rust code that expects the parent's stack.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "and rsp, -16",
+            "mov rdi, r13",
+            "call r12",
+            "mov edi, eax",
+            "mov eax, {exit}",
+            "syscall",
+            "ud2",
+            "2:",
+            exit = const libc::SYS_exit,
+            inlateout("rax") libc::SYS_clone3 => ret,
+            in("rdi") args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") f,
+            in("r13") arg,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// Starts the per-task init as described in the module doc, and waits until it has exec'd
+/// (or failed to: then the error says which step failed, and the child is reaped).
+pub fn spawn_init(req: &InitSpawn<'_>) -> io::Result<SpawnedInit> {
+    spawn_init_inner(req, true)
+}
+
+/// [`spawn_init`] through the path for kernels without `CLONE_INTO_CGROUP` (for tests).
+#[cfg(test)]
+pub fn spawn_init_without_clone3(req: &InitSpawn<'_>) -> io::Result<SpawnedInit> {
+    spawn_init_inner(req, false)
+}
+
+fn spawn_init_inner(req: &InitSpawn<'_>, try_clone3: bool) -> io::Result<SpawnedInit> {
+    let cstr = |b: &[u8]| {
+        CString::new(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in argument"))
+    };
+    let program = cstr(req.program.as_os_str().as_bytes())?;
+    let args = req.argv.iter().map(|a| cstr(a.as_bytes())).collect::<io::Result<Vec<_>>>()?;
+    let mut argv: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let envp: [*const c_char; 1] = [std::ptr::null()];
+    let mut ctx = ChildCtx {
+        program: program.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        stdio: req.stdio.map(|fd| fd.as_raw_fd()),
+        procs_fd: -1,
+        mask: *init_signals().as_ref(),
+        errno: AtomicI32::new(0),
+        step: AtomicI32::new(0),
+    };
+    let mut stack = vec![0u8; CHILD_STACK];
+    let ns = req.namespaces.clone_flags();
+    let flags = libc::CLONE_VM as u64 | libc::CLONE_VFORK as u64 | CLONE_PIDFD | ns;
+
+    // Every signal blocked across the clone: no handler of the agent may run in the child
+    // (which shares its memory) before it has reset them.
+    let mut old_mask = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigfillset initialises `all`; pthread_sigmask writes the old mask into
+    // `old_mask` before it is read.
+    let all = unsafe {
+        let mut all = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigfillset(all.as_mut_ptr());
+        all.assume_init()
+    };
+    // SAFETY: valid pointers to sigsets on this stack.
+    let r = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, old_mask.as_mut_ptr()) };
+    if r != 0 {
+        return Err(io::Error::from_raw_os_error(r));
+    }
+    let mut pidfd: c_int = -1;
+    let mut path = SpawnPath::Clone3IntoCgroup;
+    let mut ret: i64 = -(libc::ENOSYS as i64);
+    #[cfg(target_arch = "x86_64")]
+    if try_clone3 && CLONE3.load(Ordering::Relaxed) != 2 {
+        let mut args = CloneArgs {
+            flags: flags | CLONE_INTO_CGROUP,
+            pidfd: &mut pidfd as *mut c_int as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: stack.as_mut_ptr() as u64,
+            stack_size: stack.len() as u64,
+            cgroup: req.cgroup_dir.as_raw_fd() as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: `stack` is a live, writable buffer of `stack_size` bytes that outlives the
+        // child's use of it (the child has exec'd or exited when clone3 returns, CLONE_VFORK);
+        // `ctx` and everything it points to live until then too; `child_main` is written for
+        // a child that shares this memory.
+        ret = unsafe { clone3_run(&mut args, child_main, (&raw mut ctx).cast()) };
+        if ret > 0 {
+            CLONE3.store(1, Ordering::Relaxed);
+        } else if ret == -(libc::ENOSYS as i64) || ret == -(libc::E2BIG as i64) {
+            // No clone3, or one without the cgroup field (before 5.7).
+            CLONE3.store(2, Ordering::Relaxed);
+        }
+    }
+    if ret < 0 && [libc::ENOSYS, libc::E2BIG, libc::EINVAL].contains(&(-ret as i32)) {
+        path = SpawnPath::CloneThenJoin;
+        ctx.procs_fd = req.cgroup_procs.as_raw_fd();
+        // SAFETY: the stack top is inside `stack` and 16-byte aligned; clone(2) stores the
+        // pidfd through the parent_tid argument for CLONE_PIDFD. The same lifetime argument
+        // as for clone3 holds.
+        ret = unsafe {
+            let top = stack.as_mut_ptr().add(stack.len()) as usize & !15;
+            libc::clone(
+                child_main,
+                top as *mut c_void,
+                (flags as c_int) | libc::SIGCHLD,
+                (&raw mut ctx).cast(),
+                &mut pidfd as *mut c_int,
+            ) as i64
+        };
+        if ret < 0 {
+            // SAFETY: reading this thread's errno right after the failed call.
+            ret = -(unsafe { *libc::__errno_location() } as i64);
+        }
+    }
+    // SAFETY: restores the mask saved above (initialised by the first pthread_sigmask).
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, old_mask.as_ptr(), std::ptr::null_mut()) };
+    drop(stack);
+    if ret < 0 {
+        return Err(io::Error::other(format!(
+            "clone: {}",
+            io::Error::from_raw_os_error(-ret as i32)
+        )));
+    }
+    let pid = Pid::from_raw(ret as i32);
+    // SAFETY: the kernel returned a new pidfd (CLONE_PIDFD) that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let step = ctx.step.load(Ordering::Acquire);
+    if step != 0 {
+        let err = io::Error::from_raw_os_error(ctx.errno.load(Ordering::Relaxed));
+        // The child has exited (it failed before or at exec): reap it.
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return Err(io::Error::new(err.kind(), format!("{}: {err}", step_name(step))));
+    }
+    Ok(SpawnedInit { pid, pidfd, path })
+}
+
+/// Resolves when the process behind `pidfd` has exited (a pidfd polls readable then). The
+/// process is not reaped.
+pub async fn pidfd_exited(pidfd: OwnedFd) -> io::Result<()> {
+    // SAFETY: the OwnedFd moves into the AsyncFd and stays open, the same descriptor, until
+    // the AsyncFd is dropped at the end of this function.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
+    }
+    .map_err(io::Error::from)?;
+    let _guard = fd.readable().await?;
+    Ok(())
+}
+
+/// Capabilities to keep when the task is exec'd by a root init.
+#[derive(Debug, Clone, Copy)]
+pub struct CapDrop {
+    /// Bit `n` set: keep capability `n`.
+    keep: u64,
+    /// The highest capability number this kernel knows.
+    last_cap: u32,
+}
+
+impl CapDrop {
+    pub fn new(keep: u64) -> CapDrop {
+        let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(40);
+        CapDrop { keep, last_cap }
+    }
+}
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
 /// Prepares the exec of a task: restores the default signal state (the per-task init runs
-/// with SIGTERM, SIGINT and SIGCHLD blocked and SIGPIPE ignored, and std does not reset the
-/// mask of the children it spawns), then, if `run_as` is given, drops to that uid/gid with its
-/// supplementary groups.
+/// with its signals blocked and SIGPIPE ignored, and std does not reset the mask of the
+/// children it spawns); with `caps`, cuts the bounding set down to the kept capabilities,
+/// clears the ambient and inheritable sets and leaves only the kept ones permitted and
+/// effective; then, if `run_as` is given, drops to that uid/gid with its supplementary groups
+/// (which clears the remaining capabilities: the task is not root).
 ///
 /// The user switch is a hook rather than std's `CommandExt::uid`/`gid` because std cannot set
 /// supplementary groups on stable Rust (`groups` is unstable) and runs its own hooks after it
 /// has already dropped root, when `setgroups` is no longer allowed; so all three calls happen
 /// here, in the order that works: groups, then gid, then uid.
-pub fn prepare_task_exec(cmd: &mut std::process::Command, run_as: Option<(u32, u32, Vec<u32>)>) {
+pub fn prepare_task_exec(
+    cmd: &mut std::process::Command,
+    run_as: Option<(u32, u32, Vec<u32>)>,
+    caps: Option<CapDrop>,
+) {
     let hook = move || -> io::Result<()> {
         // Dispositions first (SIGKILL and SIGSTOP cannot be changed; 32 and up are real-time
         // signals, which glibc reserves in part): handlers are reset by exec anyway, but an
@@ -72,6 +460,39 @@ pub fn prepare_task_exec(cmd: &mut std::process::Command, run_as: Option<(u32, u
             }
         }
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+        if let Some(c) = caps {
+            for cap in 0..=c.last_cap {
+                if c.keep & (1u64 << cap) == 0 {
+                    // SAFETY: prctl(2) with integer arguments.
+                    let r = unsafe {
+                        libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0)
+                    };
+                    // EINVAL: a capability this kernel does not have.
+                    if r != 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINVAL) {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+            }
+            // SAFETY: prctl(2) with integer arguments (EINVAL before 4.3: nothing to clear).
+            unsafe {
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                )
+            };
+            let header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+            let word = |i: usize| (c.keep >> (32 * i)) as u32;
+            let data =
+                [0, 1].map(|i| CapData { effective: word(i), permitted: word(i), inheritable: 0 });
+            // SAFETY: capset(2) reads one header and two data structs (version 3) from
+            // memory owned by this closure's stack frame.
+            if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         let Some((uid, gid, groups)) = &run_as else { return Ok(()) };
         // SAFETY: `groups` is a live Vec owned by this closure (allocated before fork); the
         // kernel reads `groups.len()` gid_t values from its buffer.
@@ -89,12 +510,81 @@ pub fn prepare_task_exec(cmd: &mut std::process::Command, run_as: Option<(u32, u
         Ok(())
     };
     // SAFETY: the hook runs in the child between fork and exec. It only makes the sigaction,
-    // sigprocmask, setgroups, setgid and setuid syscalls on values and memory it owns,
-    // allocating nothing and taking no lock. glibc's set*id wrappers synchronise the ids of
-    // all threads, but the child of fork has a single thread (and the per-task init is
+    // sigprocmask, prctl, capset, setgroups, setgid and setuid syscalls on values and memory
+    // it owns, allocating nothing and taking no lock. glibc's set*id wrappers synchronise the
+    // ids of all threads, but the child of fork has a single thread (and the per-task init is
     // single-threaded anyway); std's own uid()/gid() support makes the same calls at the same
     // point.
     unsafe { std::os::unix::process::CommandExt::pre_exec(cmd, hook) };
+}
+
+/// The per-task init's container setup, run as pid 1 of its new namespaces before the task
+/// starts: every mount private (nothing propagates back to the host), a fresh `/proc` for
+/// the new pid namespace, `tmp` bind-mounted over `/tmp`, the hostname, and loopback up in a
+/// new network namespace. `tmp` comes with the sandbox: a sandbox under `/tmp` (a work dir
+/// there) would be hidden by the new `/tmp`, so it is bound again at its own path.
+pub fn setup_container_namespaces(
+    hostname: Option<&str>,
+    tmp: Option<(&Path, &Path)>,
+    loopback: bool,
+) -> io::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    let ctx = |what: &'static str| move |e: nix::Error| io::Error::other(format!("{what}: {e}"));
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(ctx("make mounts private"))?;
+    mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(ctx("mount /proc"))?;
+    if let Some((tmp, sandbox)) = tmp {
+        let keep = std::fs::File::open(sandbox)?;
+        mount(Some(tmp), "/tmp", None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .map_err(ctx("bind the sandbox's tmp over /tmp"))?;
+        if sandbox.starts_with("/tmp") {
+            std::fs::create_dir_all(sandbox)?;
+            let by_fd = format!("/proc/self/fd/{}", keep.as_raw_fd());
+            mount(Some(by_fd.as_str()), sandbox, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(ctx("bind the sandbox back under the new /tmp"))?;
+        }
+    }
+    if let Some(h) = hostname {
+        nix::unistd::sethostname(h).map_err(ctx("set the hostname"))?;
+    }
+    if loopback {
+        loopback_up().map_err(|e| io::Error::other(format!("bring up lo: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Sets `IFF_UP` on `lo` (a new network namespace starts with it down).
+fn loopback_up() -> io::Result<()> {
+    // SAFETY: socket(2) with constant arguments; the result is checked and owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is valid; the name is copied within its 16 bytes.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the `ifreq` on this stack.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Ignores SIGPIPE in the per-task init: if the agent is gone, writing its report must fail

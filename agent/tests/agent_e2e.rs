@@ -356,6 +356,8 @@ fn agent_flags(
         "rack:r1".into(),
         "--resources".into(),
         "cpus:3".into(),
+        "--isolation".into(),
+        "best-effort".into(),
     ];
     flags.extend(extra.iter().map(|s| s.to_string()));
     (work, work_dir, parent, flags)
@@ -946,11 +948,13 @@ async fn init_outlives_agent() {
     let master = FakeMaster::start();
     let mut agent = start_agent_process(&master, &[]);
     let (mut session, _) = register(&master).await;
-    let marker = agent.work_dir.join("go");
-    let command =
-        format!("while [ ! -e {} ]; do sleep 0.05; done; echo done; exit 7", marker.display());
-    session.send(shell_task("survivor", &command)).await;
+    // The marker goes into the sandbox: the task's /tmp is its own, so a file elsewhere under
+    // the host's /tmp (where this test's work dir is) is out of its sight.
+    let command = "while [ ! -e \"$MESOS_SANDBOX/go\" ]; do sleep 0.05; done; echo done; exit 7";
+    session.send(shell_task("survivor", command)).await;
     let cid = session.expect("survivor", TaskState::TaskStarting).await.container_id.expect("cid");
+    let stdout = agent.sandbox_stdout("survivor", &cid);
+    let marker = stdout.parent().expect("sandbox").join("go");
     session.expect("survivor", TaskState::TaskRunning).await;
     let container = agent.cgroup.join(&cid);
     let init_pid = cgroup_procs(&container)

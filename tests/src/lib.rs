@@ -112,6 +112,8 @@ pub struct ClusterOptions {
     pub agent_resources: String,
     pub agent_ping_timeout: String,
     pub max_agent_ping_timeouts: u32,
+    /// More flags for every agent (after the harness's own; a repeated flag wins).
+    pub agent_flags: Vec<String>,
 }
 
 impl Default for ClusterOptions {
@@ -121,6 +123,7 @@ impl Default for ClusterOptions {
             agent_resources: "cpus:4;mem:4096;disk:1024;ports:[31000-31100]".into(),
             agent_ping_timeout: "15s".into(),
             max_agent_ping_timeouts: 5,
+            agent_flags: Vec::new(),
         }
     }
 }
@@ -177,7 +180,7 @@ impl Cluster {
         };
         cluster.wait_http_ready();
         for _ in 0..opts.agents {
-            cluster.add_agent(&opts.agent_resources);
+            cluster.add_agent_with(&opts.agent_resources, &opts.agent_flags);
         }
         cluster.wait_agents(opts.agents, Duration::from_secs(30));
         cluster
@@ -193,31 +196,41 @@ impl Cluster {
 
     /// Starts one more agent; returns its index.
     pub fn add_agent(&mut self, resources: &str) -> usize {
+        self.add_agent_with(resources, &[])
+    }
+
+    /// Starts one more agent with extra flags; returns its index.
+    pub fn add_agent_with(&mut self, resources: &str, extra: &[String]) -> usize {
         let i = self.agents.len();
         let port = free_port();
         let parent = format!("corral-it-{}-{port}", std::process::id());
         let work = self.dir.path().join(format!("agent-{i}"));
-        let agent = spawn(
-            &format!("agent-{i}"),
-            self.dir.path(),
-            &[
-                "agent",
-                "--master",
-                &format!("127.0.0.1:{}", self.master_port),
-                "--port",
-                &port.to_string(),
-                "--advertise-ip",
-                "127.0.0.1",
-                "--work-dir",
-                &work.display().to_string(),
-                "--tls-dir",
-                &self.tls_dir.display().to_string(),
-                "--cgroup-parent",
-                &parent,
-                "--resources",
-                resources,
-            ],
-        );
+        let args: Vec<String> = [
+            "agent",
+            "--master",
+            &format!("127.0.0.1:{}", self.master_port),
+            "--port",
+            &port.to_string(),
+            "--advertise-ip",
+            "127.0.0.1",
+            "--work-dir",
+            &work.display().to_string(),
+            "--tls-dir",
+            &self.tls_dir.display().to_string(),
+            "--cgroup-parent",
+            &parent,
+            "--resources",
+            resources,
+            // This host's cgroup2 may lack controllers; the VM suite covers strict.
+            "--isolation",
+            "best-effort",
+        ]
+        .into_iter()
+        .map(String::from)
+        .chain(extra.iter().cloned())
+        .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let agent = spawn(&format!("agent-{i}"), self.dir.path(), &args);
         self.agents.push(agent);
         self.agent_ports.push(port);
         if let Some(root) = cgroup_root() {

@@ -30,6 +30,10 @@ pub struct DevArgs {
     /// cgroup2 mount the agents put tasks under (default: detected).
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
+    /// The agents' isolation policy. A dev machine often lacks cgroup controllers (a hybrid
+    /// host's cgroup2 has none), so the default runs anyway and says what is not enforced.
+    #[arg(long, value_enum, default_value = "best-effort")]
+    isolation: corral_agent::isolation::Policy,
 }
 
 struct Proc {
@@ -145,6 +149,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             tls.display().to_string(),
             "--cgroup-parent".into(),
             parent.clone(),
+            "--isolation".into(),
+            args.isolation.as_str().into(),
         ];
         if let Some(r) = &args.agent_resources {
             a.extend(["--resources".into(), r.clone()]);
@@ -164,6 +170,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         return Err(e);
     }
     println!("Corral dev cluster is up: master {master_addr} with {} agent(s).", args.agents);
+    print_isolation(&master_addr).await;
     println!("  web UI:  {master_addr}/");
     println!("  state:   curl {master_addr}/state");
     // How to call this very binary from where the user stands.
@@ -210,6 +217,31 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     eprintln!("corral dev: stopping");
     stop_all(&mut all, cgroup_root.as_deref()).await;
     Ok(code)
+}
+
+/// Says, per agent, which limits it does not enforce (from the master's /state).
+async fn print_isolation(master: &MasterAddr) {
+    let Ok(state) = client::state(master).await else { return };
+    for a in state["slaves"].as_array().into_iter().flatten() {
+        let iso = &a["isolation"];
+        let lines: Vec<&str> = iso["not_enforced"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l.as_str())
+            .collect();
+        let name = a["hostname"].as_str().unwrap_or("?");
+        let port = a["port"].as_u64().unwrap_or(0);
+        let policy = iso["policy"].as_str().unwrap_or("?");
+        if lines.is_empty() {
+            println!("  agent {name}:{port} ({policy}): cpu, memory and pids limits enforced");
+        } else {
+            println!("  agent {name}:{port} ({policy}):");
+            for l in lines {
+                println!("    {l}");
+            }
+        }
+    }
 }
 
 /// Stops agents first (they kill their tasks and remove their cgroups), then the master;

@@ -45,6 +45,10 @@ pub struct RunArgs {
     /// Run the arguments joined by spaces with `sh -c` instead of exec'ing them.
     #[arg(long)]
     shell: bool,
+    /// Time between SIGTERM and SIGKILL when the task is killed (Ctrl-C); default: the
+    /// agent's.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    kill_grace_period: Option<Duration>,
     /// Don't print the task's output at the end.
     #[arg(long)]
     no_output: bool,
@@ -164,6 +168,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                                             }).collect(),
                                         });
                                     }
+                                    if let Some(g) = args.kill_grace_period {
+                                        t.kill_policy = Some(v1::KillPolicy {
+                                            grace_period: Some(v1::DurationInfo { nanoseconds: g.as_nanos() as i64 }),
+                                        });
+                                    }
                                     t
                                 };
                                 sched.launch(vec![offer.id.clone()], vec![task], Some(3600.0)).await?;
@@ -189,6 +198,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                             continue;
                         }
                         let mut line = format!("task {task_id} {}", status.state().as_str_name());
+                        if status.reason.is_some() {
+                            line.push_str(&format!(" ({})", status.reason().as_str_name()));
+                        }
                         if let Some(m) = status.message.as_ref().filter(|m| !m.is_empty()) {
                             line.push_str(&format!(": {m}"));
                         }

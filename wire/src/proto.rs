@@ -20,7 +20,7 @@ use crate::mesos::v1;
 use crate::resources::{Ranges, Resources, Scalar};
 
 /// Bumped on any incompatible change; the master refuses other versions by name.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Agent -> master.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -90,12 +90,18 @@ pub struct Registration {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[rkyv(derive(Debug))]
 pub struct IsolationReport {
+    /// `strict` or `best-effort` (the agent's `--isolation`).
+    pub policy: String,
     /// The cgroup2 directory tasks are created under.
     pub cgroup_root: String,
     /// cgroup v2 controllers available to tasks.
     pub controllers: Vec<String>,
-    /// Human-readable limits that are not enforced, e.g. `memory: not enforced`.
+    /// Human-readable limits that are not enforced, e.g. `memory: not enforced (...)`.
     pub not_enforced: Vec<String>,
+    /// Whether tasks get their own pid, mount, uts and ipc namespaces.
+    pub namespaces: bool,
+    /// `host` or `isolated`.
+    pub network: String,
 }
 
 /// An agent attribute (`rack:r1`, `zone:{a,b}`).

@@ -120,9 +120,12 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                         .map(|(framework_id, task, state)| TaskReport { framework_id, task, state })
                         .collect(),
                     isolation: IsolationReport {
+                        policy: "best-effort".into(),
                         cgroup_root: "/sys/fs/cgroup".into(),
                         controllers: vec!["cpu".into()],
                         not_enforced,
+                        namespaces: true,
+                        network: "host".into(),
                     },
                 })
             }),

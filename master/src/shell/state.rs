@@ -205,9 +205,12 @@ fn agent_json(m: &Master, a: &Agent) -> Value {
     o.insert(
         "isolation".into(),
         json!({
+            "policy": reg.isolation.policy,
             "cgroup_root": reg.isolation.cgroup_root,
             "controllers": reg.isolation.controllers,
             "not_enforced": reg.isolation.not_enforced,
+            "namespaces": reg.isolation.namespaces,
+            "network": reg.isolation.network,
         }),
     );
     Value::Object(o)
