@@ -87,7 +87,11 @@ pub enum Event {
     Disconnected,
     /// A message from the master.
     Master(MasterMessage),
-    /// The container's init is running (sandbox and cgroup exist).
+    /// The container's init is running (sandbox and cgroup exist) but has not reported the
+    /// task running yet: TASK_STARTING. A launch whose task runs at once goes straight to
+    /// `Started` (Mesos' command executor sends STARTING too, but it is optional in the
+    /// protocol, and sending it would put one more acknowledgement round trip in front of
+    /// TASK_RUNNING: one update in flight per task).
     Launched { container_id: String },
     /// The task's command is running.
     Started { container_id: String, pid: u32 },
@@ -333,7 +337,8 @@ impl Core {
                 }
             }
             Event::Started { container_id, pid } => {
-                if let Some(key) = self.live(&container_id, &[Phase::Starting]) {
+                // From Launching too: a task that runs at once skips TASK_STARTING.
+                if let Some(key) = self.live(&container_id, &[Phase::Launching, Phase::Starting]) {
                     tracing::info!(%key, container_id, pid, "task running");
                     self.set_phase(&key, Phase::Running);
                     self.push_update(now, &key, TaskState::TaskRunning, None, Source::Executor, "");
@@ -968,6 +973,21 @@ mod tests {
         assert_eq!(h.core.completed().count(), 1);
         // Every update got its own uuid.
         assert!(starting.uuid != running.uuid && running.uuid != failed.uuid);
+    }
+
+    #[test]
+    fn a_task_that_runs_at_once_skips_task_starting() {
+        let mut h = Harness::new();
+        h.register();
+        let cid = h.run("t1");
+        let running = one_update(&h.handle(Event::Started { container_id: cid.clone(), pid: 2 }));
+        assert_eq!(state(&running), TaskState::TaskRunning);
+        assert_eq!(running.container_id.as_deref(), Some(cid.as_str()));
+        // A late Launched changes nothing.
+        assert!(updates(&h.handle(Event::Launched { container_id: cid.clone() })).is_empty());
+        h.handle(Event::Exited { container_id: cid, status: ExitStatus::Code(0) });
+        let done = one_update(&h.ack(&running));
+        assert_eq!(state(&done), TaskState::TaskFinished);
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //!    runtime);
 //!    writes the task's limits into the cgroup (`isolation`);
 //! 2. spawns `LAUNCHER __task-init RUN_DIR` straight into the cgroup and its new namespaces
-//!    (`sys::spawn_init`, no fork of the agent), then reports `Launched`;
-//! 3. relays the init's report lines (`Started`) and the shell's kill requests (SIGTERM to
-//!    the init, which forwards it; `cgroup.kill`);
+//!    (`sys::spawn_init`, no fork of the agent);
+//! 3. relays the init's report lines (`Started`; `Launched` first only if the task is not
+//!    running within [`STARTING_AFTER`]) and the shell's kill requests (SIGTERM to the init,
+//!    which forwards it; `cgroup.kill`);
 //! 4. when the init is gone: reads `memory.events` (an OOM kill is a `Limited` end), kills
 //!    leftovers, waits for the cgroup to be empty, removes it, and only then reports `Exited`,
 //!    `Limited` or `LaunchFailed`, so a terminal status update always means "nothing of this
@@ -36,6 +37,8 @@ use crate::paths;
 use crate::shim::{InitIsolation, Report, RunAs, ShimSpec};
 use crate::sys::{InitSpawn, Namespaces, SpawnedInit};
 
+/// A task not running this long after its init was spawned is reported TASK_STARTING.
+const STARTING_AFTER: Duration = Duration::from_millis(50);
 /// How long a container's cgroup may take to empty after `cgroup.kill`.
 const DESTROY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -121,32 +124,28 @@ async fn run_container(
     events: &mpsc::UnboundedSender<Event>,
 ) -> Outcome {
     let container_id = launch.container_id.clone();
-    let prepared = {
-        let (env, launch, cgroup) = (env.clone(), launch.clone(), cgroup.clone());
-        tokio::task::spawn_blocking(move || prepare(&env, &launch, &cgroup)).await
-    };
-    let prepared = match prepared {
-        Ok(Ok(p)) => p,
-        Ok(Err(message)) => return Outcome::Failed(message),
-        Err(e) => return Outcome::Failed(format!("container preparation panicked: {e}")),
-    };
     if control.try_recv().is_ok() {
         return Outcome::Failed("task killed before it started".into());
     }
+    // One trip to the blocking pool: prepare, then spawn (the thread waits until the init has
+    // exec'd).
     let spawned = {
-        let env = env.clone();
-        tokio::task::spawn_blocking(move || spawn(&env, prepared)).await
+        let (env, launch, cgroup) = (env.clone(), launch.clone(), cgroup.clone());
+        tokio::task::spawn_blocking(move || spawn(&env, prepare(&env, &launch, &cgroup)?)).await
     };
     let (init, report_pipe, run_dir) = match spawned {
         Ok(Ok(s)) => s,
         Ok(Err(message)) => return Outcome::Failed(message),
-        Err(e) => return Outcome::Failed(format!("spawning the task init panicked: {e}")),
+        Err(e) => return Outcome::Failed(format!("container preparation panicked: {e}")),
     };
     let init_pid = init.pid;
     tracing::debug!(container_id, pid = init_pid.as_raw(), path = ?init.path, "task init spawned");
-    let _ = events.send(Event::Launched { container_id: container_id.clone() });
 
     let mut last: Option<Report> = None;
+    // TASK_STARTING only for a task that is not running soon after its init started.
+    let starting_after = tokio::time::sleep(STARTING_AFTER);
+    tokio::pin!(starting_after);
+    let mut announced = false;
     match tokio::net::unix::pipe::Receiver::from_owned_fd(report_pipe) {
         Ok(pipe) => {
             let mut lines = BufReader::new(pipe).lines();
@@ -156,6 +155,7 @@ async fn run_container(
                     line = lines.next_line() => match line {
                         Ok(Some(l)) => match Report::parse(&l) {
                             Some(Report::Started(pid)) => {
+                                announced = true;
                                 let _ = events.send(Event::Started { container_id: container_id.clone(), pid });
                             }
                             Some(r) => last = Some(r),
@@ -167,6 +167,10 @@ async fn run_container(
                             break;
                         }
                     },
+                    _ = &mut starting_after, if !announced => {
+                        announced = true;
+                        let _ = events.send(Event::Launched { container_id: container_id.clone() });
+                    }
                     c = control.recv(), if control_open => match c {
                         // The init is our unreaped child until `wait_exit` below: its pid
                         // cannot have been reused.

@@ -541,10 +541,10 @@ async fn exit_status_sandbox_and_http() {
     assert_eq!(session.next().await, AgentMessage::Pong { seq: 7 });
 
     session.send(shell_task("t1", "echo hi; exit 3")).await;
-    let starting = session.expect("t1", TaskState::TaskStarting).await;
+    // The task runs at once: no TASK_STARTING before TASK_RUNNING.
+    let starting = session.expect("t1", TaskState::TaskRunning).await;
     assert_eq!(starting.source, Source::Executor as i32);
-    let cid = starting.container_id.clone().expect("STARTING names the container");
-    session.expect("t1", TaskState::TaskRunning).await;
+    let cid = starting.container_id.clone().expect("RUNNING names the container");
     let failed = session.expect("t1", TaskState::TaskFailed).await;
     assert_eq!(failed.message, "Command exited with status 3");
     assert_eq!(failed.container_id.as_deref(), Some(cid.as_str()));
@@ -613,8 +613,7 @@ async fn run_sleeper(
 ) -> (String, i32, i32) {
     session.send(shell_task(task_id, command)).await;
     let cid =
-        session.expect(task_id, TaskState::TaskStarting).await.container_id.expect("container id");
-    session.expect(task_id, TaskState::TaskRunning).await;
+        session.expect(task_id, TaskState::TaskRunning).await.container_id.expect("container id");
     let cg = agent.container_cgroup(&cid);
     let mut procs = Vec::new();
     eventually("sleep to run in the container cgroup", || {
@@ -728,23 +727,20 @@ async fn resend_and_reregister() {
     let agent = start_agent(&master, &["--status-update-retry-min", "1s"]);
     let (mut session, _) = register(&master).await;
     session.send(shell_task("t", "sleep 60")).await;
-    let starting = session.update().await;
-    assert_eq!(starting.task_state(), Some(TaskState::TaskStarting));
+    let running = session.update().await;
+    assert_eq!(running.task_state(), Some(TaskState::TaskRunning));
     // Not acknowledged (an ack naming another update does not count): sent again, same uuid.
-    let mut wrong = starting.clone();
+    let mut wrong = running.clone();
     wrong.uuid[0] ^= 1;
     session.ack(&wrong).await;
     let t0 = now();
     let again = session.update().await;
     let gap = t0.elapsed();
-    assert_eq!(again, starting, "the resend is the same update");
+    assert_eq!(again, running, "the resend is the same update");
     assert!(
         gap >= Duration::from_millis(800) && gap < Duration::from_secs(3),
         "after ~1s: {gap:?}"
     );
-    session.ack(&again).await;
-    let running = session.update().await;
-    assert_eq!(running.task_state(), Some(TaskState::TaskRunning));
 
     // The master drops the connection before acknowledging RUNNING.
     session.conn.close(0u32.into(), b"master restart");
@@ -798,8 +794,7 @@ async fn users_and_failures() {
         ..Default::default()
     };
     session.send(task("as-nobody", cmd)).await;
-    let cid = session.expect("as-nobody", TaskState::TaskStarting).await.container_id.expect("cid");
-    session.expect("as-nobody", TaskState::TaskRunning).await;
+    let cid = session.expect("as-nobody", TaskState::TaskRunning).await.container_id.expect("cid");
     let done = session.expect("as-nobody", TaskState::TaskFinished).await;
     assert_eq!(done.message, "Command exited with status 0");
     let sandbox = agent.sandbox("as-nobody", &cid);
@@ -826,8 +821,7 @@ async fn users_and_failures() {
         ..Default::default()
     };
     session.send(task("argv", cmd)).await;
-    let cid = session.expect("argv", TaskState::TaskStarting).await.container_id.expect("cid");
-    session.expect("argv", TaskState::TaskRunning).await;
+    let cid = session.expect("argv", TaskState::TaskRunning).await.container_id.expect("cid");
     session.expect("argv", TaskState::TaskFinished).await;
     assert_eq!(read(&agent.sandbox("argv", &cid).join("stdout")), "my-argv0\nzero one\n");
 
@@ -835,22 +829,20 @@ async fn users_and_failures() {
     let cmd =
         CommandSpec { shell: false, value: Some("/nonexistent/prog".into()), ..Default::default() };
     session.send(task("no-prog", cmd)).await;
-    let cid = session.expect("no-prog", TaskState::TaskStarting).await.container_id.expect("cid");
     let failed = session.expect("no-prog", TaskState::TaskFailed).await;
+    let cid = failed.container_id.clone().expect("cid");
     assert_eq!(failed.reason, Some(Reason::ContainerLaunchFailed as i32));
     assert!(failed.message.contains("/nonexistent/prog"), "{}", failed.message);
     assert!(!agent.container_cgroup(&cid).exists());
 
     // A task killed by a signal it did not get from the agent fails.
     session.send(shell_task("suicide", "kill -KILL $$")).await;
-    session.expect("suicide", TaskState::TaskStarting).await;
     session.expect("suicide", TaskState::TaskRunning).await;
     let failed = session.expect("suicide", TaskState::TaskFailed).await;
     assert_eq!(failed.message, "Command terminated with signal Killed");
 
     // A second RunTask for a live task is ignored.
     session.send(shell_task("dup", "sleep 60")).await;
-    session.expect("dup", TaskState::TaskStarting).await;
     session.expect("dup", TaskState::TaskRunning).await;
     session.send(shell_task("dup", "true")).await;
     session.send(kill("dup", Duration::from_secs(2))).await;
@@ -931,8 +923,7 @@ async fn sigterm_stops_agent_process() {
     let mut agent = start_agent_process(&master, &["--default-kill-grace-period", "1s"]);
     let (mut session, _) = register(&master).await;
     session.send(shell_task("long", "sleep 60")).await;
-    let cid = session.expect("long", TaskState::TaskStarting).await.container_id.expect("cid");
-    session.expect("long", TaskState::TaskRunning).await;
+    let cid = session.expect("long", TaskState::TaskRunning).await.container_id.expect("cid");
     let container = agent.cgroup.join(&cid);
     assert!(container.is_dir());
     agent.signal(nix::sys::signal::Signal::SIGTERM);
@@ -952,10 +943,9 @@ async fn init_outlives_agent() {
     // the host's /tmp (where this test's work dir is) is out of its sight.
     let command = "while [ ! -e \"$MESOS_SANDBOX/go\" ]; do sleep 0.05; done; echo done; exit 7";
     session.send(shell_task("survivor", command)).await;
-    let cid = session.expect("survivor", TaskState::TaskStarting).await.container_id.expect("cid");
+    let cid = session.expect("survivor", TaskState::TaskRunning).await.container_id.expect("cid");
     let stdout = agent.sandbox_stdout("survivor", &cid);
     let marker = stdout.parent().expect("sandbox").join("go");
-    session.expect("survivor", TaskState::TaskRunning).await;
     let container = agent.cgroup.join(&cid);
     let init_pid = cgroup_procs(&container)
         .into_iter()
@@ -1012,8 +1002,7 @@ async fn invalid_frame() {
     let agent = start_agent(&master, &[]);
     let (mut session, _) = register(&master).await;
     session.send(shell_task("steady", "sleep 60")).await;
-    let cid = session.expect("steady", TaskState::TaskStarting).await.container_id.expect("cid");
-    session.expect("steady", TaskState::TaskRunning).await;
+    let cid = session.expect("steady", TaskState::TaskRunning).await.container_id.expect("cid");
     // A record whose payload is not a valid archive.
     session.send.write_all(&[8, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4]).await.expect("write");
     // The agent drops this connection and registers again on a new one, task included.

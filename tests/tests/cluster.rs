@@ -296,7 +296,7 @@ fn a_task_runs_on_the_cluster_and_its_sandbox_is_readable() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(stdout, "hello\n");
-    assert!(stderr.contains("TASK_STARTING") && stderr.contains("TASK_RUNNING"), "{stderr}");
+    assert!(stderr.contains("TASK_RUNNING"), "{stderr}");
     assert!(stderr.contains("TASK_FINISHED"), "{stderr}");
     assert!(stderr.contains("oops"), "task stderr is printed: {stderr}");
 }

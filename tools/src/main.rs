@@ -2,6 +2,7 @@
 //! a one-task framework (`corral run`), cluster tables, and certificate generation.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod certs;
 mod dev;
 mod run;
@@ -48,6 +49,8 @@ enum Command {
     Tasks(tables::TableArgs),
     /// Make TLS material for a cluster (CA, master and agent certificates).
     Certs(certs::CertsArgs),
+    /// Benchmarks: `corral bench launch` (task launch latency and throughput vs crun).
+    Bench(bench::BenchArgs),
 }
 
 /// Parses `--master` values.
@@ -60,7 +63,11 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).as_deref() == Some(OsStr::new(corral_agent::TASK_INIT_ARG)) {
         corral_agent::task_init_main();
     }
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    // A benchmark's report is its output: the in-process daemons only log problems.
+    if matches!(cli.command, Command::Bench(_)) && cli.log == "info" {
+        cli.log = "warn".into();
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal as _;
@@ -92,6 +99,7 @@ fn main() -> ExitCode {
             Command::Frameworks(args) => tables::frameworks(args).await,
             Command::Tasks(args) => tables::tasks(args).await,
             Command::Certs(args) => certs::run(args),
+            Command::Bench(args) => bench::run(args).await,
         }
     });
     match result {

@@ -40,6 +40,15 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = NormalizePathLayer::trim_trailing_slash().layer(router(handle));
+    // Events are small writes on long-lived streams: without TCP_NODELAY, Nagle holds each
+    // one back until the previous segment is acknowledged (up to the peer's delayed-ACK
+    // timer, ~40 ms), which would sit in every offer and status update's latency.
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
     axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(app))
         .with_graceful_shutdown(stop)
         .await
