@@ -54,6 +54,8 @@ pub struct LaunchEnv {
     pub isolation: Isolation,
     /// The hostname tasks see (their own uts namespace is set to it).
     pub hostname: String,
+    /// The process that forks task inits (see `launcher`); without it the agent spawns them.
+    pub forker: Option<crate::launcher::Launcher>,
 }
 
 /// A kill request for a running container.
@@ -244,6 +246,25 @@ fn spawn(env: &LaunchEnv, p: Prepared) -> Result<(SpawnedInit, OwnedFd, PathBuf)
             net: iso.namespaces && iso.network == Network::Isolated,
         },
     };
+    if let Some(forker) = &env.forker {
+        let r = crate::launcher::Request {
+            run_dir: &p.run_dir,
+            namespaces: req.namespaces,
+            stdio: req.stdio,
+            cgroup_dir: req.cgroup_dir,
+            cgroup_procs: req.cgroup_procs,
+        };
+        match forker.launch(&r) {
+            Ok(Some((pid, path))) => {
+                // The init is this process's child (CLONE_PARENT) and unreaped.
+                let pidfd = crate::sys::pidfd_open(pid)
+                    .map_err(|e| format!("cannot open a pidfd for the task init: {e}"))?;
+                return Ok((SpawnedInit { pid, pidfd, path }, report_read, p.run_dir));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(format!("cannot start the task init: {e}")),
+        }
+    }
     let init = crate::sys::spawn_init(&req)
         .map_err(|e| format!("cannot start the task init {}: {e}", env.launcher.display()))?;
     Ok((init, report_read, p.run_dir))

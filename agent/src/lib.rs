@@ -31,6 +31,7 @@ mod host;
 mod http;
 pub mod isolation;
 mod launch;
+mod launcher;
 mod paths;
 mod shell;
 mod shim;
@@ -39,6 +40,7 @@ mod sys;
 
 pub use args::AgentArgs;
 pub use error::AgentError;
+pub use launcher::{LAUNCHER_ARG, launcher_main};
 pub use shell::{run, run_until};
 pub use shim::task_init_main;
 

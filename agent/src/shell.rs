@@ -199,6 +199,13 @@ impl Setup {
             tracing::warn!("isolation ({}): {line}", iso.policy.as_str());
         }
         let hostname = args.hostname.clone().unwrap_or_else(host::hostname);
+        let forker = match crate::launcher::Launcher::start(&launcher) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::warn!("cannot start the launcher ({e}); spawning task inits directly");
+                None
+            }
+        };
 
         let registration = Registration {
             protocol_version: PROTOCOL_VERSION,
@@ -236,6 +243,7 @@ impl Setup {
                 agent_user,
                 isolation: iso,
                 hostname,
+                forker,
             }),
             registration,
         })

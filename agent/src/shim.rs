@@ -202,13 +202,18 @@ pub fn read_exit_status(run_dir: &Path) -> Option<Report> {
 
 /// The per-task init's `main`. See the module doc for its protocol.
 pub fn task_init_main() -> ! {
+    run_init(std::env::args_os().nth(2).map(PathBuf::from))
+}
+
+/// The per-task init for `run_dir`, in a process that is already where the init belongs (its
+/// cgroup and namespaces; stdio set up): `corral __task-init`, or the child the launcher forks.
+pub fn run_init(run_dir: Option<PathBuf>) -> ! {
     // First, before this process opens anything of its own.
     let closed = crate::sys::close_inherited_fds();
     crate::sys::ignore_sigpipe();
     if let Err(e) = closed {
         eprintln!("corral task init: cannot close inherited descriptors: {e}");
     }
-    let run_dir = std::env::args_os().nth(2).map(PathBuf::from);
     // Held open: the container's mounts may hide the run directory's path (a work dir under
     // /tmp), and the exit status is written through the descriptor.
     let run_dir_fd = run_dir.as_ref().map(fs::File::open);

@@ -383,6 +383,168 @@ fn spawn_init_inner(req: &InitSpawn<'_>, try_clone3: bool) -> io::Result<Spawned
     Ok(SpawnedInit { pid, pidfd, path })
 }
 
+/// Where [`clone_init`] returns.
+pub enum Cloned {
+    /// In the new process (in its cgroup and namespaces).
+    Child,
+    /// In the caller; the new process's pid. It is a child of the caller's parent.
+    Parent(Pid, SpawnPath),
+}
+
+/// Forks the calling (single-threaded) launcher into a new process that is created in the
+/// cgroup (`CLONE_INTO_CGROUP`; before 5.7 it joins `cgroup.procs` first thing) and the
+/// namespaces of a container, as a child of the launcher's parent (`CLONE_PARENT`: the agent
+/// reaps it, and it does not die with the launcher). Returns twice, like `fork`.
+///
+/// The caller must be single-threaded (the launcher is: it starts no runtime), so the child's
+/// copy of the address space holds no lock another thread had taken. The C library's cached
+/// thread id in the child is the parent's (a raw clone does not update it): the child must not
+/// call `raise`/`abort`; it leaves with `exit`, its panics caught.
+pub fn clone_init(
+    namespaces: Namespaces,
+    cgroup_dir: BorrowedFd<'_>,
+    cgroup_procs: BorrowedFd<'_>,
+) -> io::Result<Cloned> {
+    let flags = libc::CLONE_PARENT as u64 | namespaces.clone_flags();
+    let mut path = SpawnPath::Clone3IntoCgroup;
+    let mut ret: i64 = -(libc::ENOSYS as i64);
+    if CLONE3.load(Ordering::Relaxed) != 2 {
+        let args = CloneArgs {
+            flags: flags | CLONE_INTO_CGROUP,
+            exit_signal: libc::SIGCHLD as u64,
+            cgroup: cgroup_dir.as_raw_fd() as u64,
+            ..CloneArgs::default()
+        };
+        // SAFETY: clone3 without CLONE_VM and without a stack is fork: the child continues
+        // here on its own copy of this stack and address space. The process is
+        // single-threaded (the contract of this function), so nothing else runs during the
+        // copy. `args` lives across the call.
+        ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if ret < 0 {
+            // SAFETY: reading this thread's errno right after the failed call.
+            let e = unsafe { *libc::__errno_location() };
+            if e == libc::ENOSYS || e == libc::E2BIG {
+                CLONE3.store(2, Ordering::Relaxed);
+            }
+            ret = -(e as i64);
+        }
+    }
+    let join = ret < 0 && [libc::ENOSYS, libc::E2BIG, libc::EINVAL].contains(&(-ret as i32));
+    if join {
+        path = SpawnPath::CloneThenJoin;
+        // SAFETY: clone(2) with a zero stack is fork (see above); no tid pointers are passed.
+        ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                flags | libc::SIGCHLD as u64,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        };
+        if ret < 0 {
+            // SAFETY: reading this thread's errno right after the failed call.
+            ret = -(unsafe { *libc::__errno_location() } as i64);
+        }
+    }
+    match ret {
+        0 => {
+            if join {
+                // SAFETY: write(2) of a static 1-byte buffer to a descriptor the caller keeps
+                // open.
+                let n = unsafe { libc::write(cgroup_procs.as_raw_fd(), b"0".as_ptr().cast(), 1) };
+                if n != 1 {
+                    let e = io::Error::last_os_error();
+                    eprintln!("corral task init: cannot join its cgroup: {e}");
+                    std::process::exit(127);
+                }
+            }
+            Ok(Cloned::Child)
+        }
+        r if r > 0 => Ok(Cloned::Parent(Pid::from_raw(r as i32), path)),
+        r => Err(io::Error::from_raw_os_error(-r as i32)),
+    }
+}
+
+/// In a freshly cloned init: `fds` become 0, 1 and 2, and it leads a new session.
+pub fn init_stdio(fds: [BorrowedFd<'_>; 3]) -> io::Result<()> {
+    for (target, fd) in fds.iter().enumerate() {
+        let target = target as c_int;
+        let fd = fd.as_raw_fd();
+        // SAFETY: dup2/fcntl on descriptors this process holds; dup2 replaces whatever the
+        // target number held (the launcher's own stdio, which this process does not use).
+        let ok = unsafe {
+            if fd == target {
+                libc::fcntl(fd, libc::F_SETFD, 0) == 0
+            } else {
+                libc::dup2(fd, target) == target
+            }
+        };
+        if !ok {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    nix::unistd::setsid()?;
+    Ok(())
+}
+
+/// Makes `/proc/self/cmdline` (what `ps` shows) read `args`: a task init forked by the
+/// launcher would otherwise show the launcher's command line. Needs CAP_SYS_RESOURCE, so it
+/// is best effort (the process name, `comm`, is set by the caller and always works). The
+/// buffer is leaked: the kernel reads it for the rest of the process's life.
+pub fn set_cmdline(args: &[&OsStr]) {
+    let mut buf: Vec<u8> = Vec::new();
+    for a in args {
+        buf.extend_from_slice(a.as_bytes());
+        buf.push(0);
+    }
+    let buf: &'static mut [u8] = buf.leak();
+    let (start, end) =
+        (buf.as_ptr() as libc::c_ulong, buf.as_ptr() as libc::c_ulong + buf.len() as libc::c_ulong);
+    let set = |opt: libc::c_int, v: libc::c_ulong| {
+        // SAFETY: prctl(2) PR_SET_MM with an address inside a live (leaked) allocation.
+        unsafe {
+            libc::prctl(
+                libc::PR_SET_MM,
+                opt as libc::c_ulong,
+                v,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            ) == 0
+        }
+    };
+    // The kernel keeps start <= end after each call: move the end first when going up.
+    if !(set(libc::PR_SET_MM_ARG_END, end) && set(libc::PR_SET_MM_ARG_START, start)) {
+        let _ = set(libc::PR_SET_MM_ARG_START, start) && set(libc::PR_SET_MM_ARG_END, end);
+    }
+}
+
+/// Takes ownership of a descriptor received with `SCM_RIGHTS`.
+pub fn own_received_fd(fd: std::os::fd::RawFd) -> OwnedFd {
+    // SAFETY: the kernel installed `fd` in this process when the message was received, and
+    // only the caller knows its number: nothing else owns or closes it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// A pidfd for `pid`, which must be an unreaped child of this process (so the pid cannot have
+/// been reused).
+pub fn pidfd_open(pid: Pid) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open(2) with integer arguments; the result is checked.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as c_int) })
+}
+
 /// Resolves when the process behind `pidfd` has exited (a pidfd polls readable then). The
 /// process is not reaped.
 pub async fn pidfd_exited(pidfd: OwnedFd) -> io::Result<()> {

@@ -53,6 +53,7 @@ const CASES: &[(&str, CaseFn)] = &[
     ("sigterm_stops_an_agent_process_cleanly", || Box::pin(sigterm_stops_agent_process())),
     ("task_init_outlives_a_killed_agent", || Box::pin(init_outlives_agent())),
     ("a_silent_master_is_left_and_the_agent_reregisters", || Box::pin(silent_master())),
+    ("inits_are_forked_by_the_launcher_and_survive_its_death", || Box::pin(launcher_forks())),
 ];
 
 /// `argv[1]` that makes this binary run an agent process (`corral_agent::run`, with its own
@@ -82,6 +83,9 @@ fn name_filters(args: &[String]) -> Vec<&str> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(corral_agent::LAUNCHER_ARG) {
+        corral_agent::launcher_main();
+    }
     if args.get(1).map(String::as_str) == Some(corral_agent::TASK_INIT_ARG) {
         corral_agent::task_init_main();
     }
@@ -971,6 +975,72 @@ async fn init_outlives_agent() {
     let cg = corral_agent::cgroup::Cgroup::new(&container);
     cg.destroy(WAIT).expect("remove the container cgroup");
     corral_agent::cgroup::Cgroup::new(&agent.cgroup).remove().expect("remove the agent cgroup");
+}
+
+/// The parent pid of `pid` (from /proc).
+fn ppid_of(pid: i32) -> i32 {
+    let stat = read(Path::new(&format!("/proc/{pid}/stat")));
+    let rest = stat.rsplit_once(") ").expect("stat format").1;
+    rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("ppid")
+}
+
+/// The agent's launcher: its child whose command line names `__launcher`.
+fn launcher_of(agent_pid: i32) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+        (String::from_utf8_lossy(&cmd).contains(corral_agent::LAUNCHER_ARG)
+            && ppid_of(pid) == agent_pid)
+            .then_some(pid)
+    })
+}
+
+async fn launcher_forks() {
+    let master = FakeMaster::start();
+    let mut agent = start_agent_process(&master, &["--default-kill-grace-period", "1s"]);
+    let agent_pid = agent.child.id().expect("running") as i32;
+    let (mut session, _) = register(&master).await;
+    let mut launcher = None;
+    eventually("the launcher to run", || {
+        launcher = launcher_of(agent_pid);
+        launcher.is_some()
+    })
+    .await;
+    let launcher = launcher.expect("a launcher");
+
+    // The init is forked by the launcher, yet it is the agent's child (CLONE_PARENT) and
+    // named as an init.
+    session.send(shell_task("forked", "sleep 60")).await;
+    let cid = session.expect("forked", TaskState::TaskRunning).await.container_id.expect("cid");
+    let container = agent.cgroup.join(&cid);
+    let (init, comm) = cgroup_procs(&container)
+        .into_iter()
+        .find(|(_, comm)| comm != "sh" && comm != "sleep")
+        .expect("the init");
+    assert_eq!(comm, "corral-init");
+    assert_eq!(ppid_of(init), agent_pid, "the init is the agent's child, not the launcher's");
+
+    // Without its launcher the agent goes on: inits are spawned directly.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(launcher), nix::sys::signal::Signal::SIGKILL)
+        .expect("kill the launcher");
+    eventually("the launcher to be gone", || !pid_running(launcher)).await;
+    session.send(shell_task("direct", "sleep 60")).await;
+    let cid2 = session.expect("direct", TaskState::TaskRunning).await.container_id.expect("cid");
+    let (init2, comm2) = cgroup_procs(&agent.cgroup.join(&cid2))
+        .into_iter()
+        .find(|(_, comm)| comm != "sh" && comm != "sleep")
+        .expect("the second init");
+    assert_eq!(ppid_of(init2), agent_pid);
+    assert_ne!(comm2, "corral-init", "exec'd by the agent, not forked by a launcher");
+    // The first task is unaffected by its launcher's death.
+    assert!(pid_running(init), "an init does not die with the launcher");
+    agent.signal(nix::sys::signal::Signal::SIGTERM);
+    for _ in 0..2 {
+        let u = session.update().await;
+        assert_eq!(u.task_state(), Some(TaskState::TaskKilled), "{u:?}");
+        session.ack(&u).await;
+    }
+    assert!(agent.wait().await.success());
 }
 
 impl Drop for AgentProcess {

@@ -63,6 +63,9 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).as_deref() == Some(OsStr::new(corral_agent::TASK_INIT_ARG)) {
         corral_agent::task_init_main();
     }
+    if std::env::args_os().nth(1).as_deref() == Some(OsStr::new(corral_agent::LAUNCHER_ARG)) {
+        corral_agent::launcher_main();
+    }
     let mut cli = Cli::parse();
     // A benchmark's report is its output: the in-process daemons only log problems.
     if matches!(cli.command, Command::Bench(_)) && cli.log == "info" {
