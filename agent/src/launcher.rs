@@ -10,9 +10,11 @@
 //! `CLONE_PARENT`), and answers `pid (i32 LE) ++ errno (i32 LE)`. The child sets up its stdio
 //! and becomes the per-task init (`shim::run_init`) without an exec.
 //!
-//! The launcher is single-threaded (no runtime), dies with the agent (parent-death signal),
-//! and exits when the agent closes its end. If it is gone, the agent falls back to
-//! `sys::spawn_init` (clone of the agent with `CLONE_VM | CLONE_VFORK`, then exec).
+//! The launcher is single-threaded (no runtime), dies with the agent (parent-death signal:
+//! strictly, with the agent thread that started it, which is the agent's main or a runtime
+//! worker thread, both as long-lived as the agent), and exits when the agent closes its end.
+//! If it is gone or stops answering, the agent falls back to `sys::spawn_init` (clone of the
+//! agent with `CLONE_VM | CLONE_VFORK`, then exec).
 #![forbid(unsafe_code)]
 
 use std::io::{self, IoSlice, IoSliceMut};
@@ -37,6 +39,8 @@ const NS_PRIVATE: u32 = 1;
 const NS_NET: u32 = 2;
 /// The descriptors a request carries.
 const FDS: usize = 5;
+/// How long the agent waits for the launcher's answer.
+const REPLY_TIMEOUT_S: i64 = 10;
 /// The longest request (a run directory path is far shorter).
 const MAX_REQUEST: usize = 8192;
 
@@ -61,6 +65,13 @@ impl Launcher {
     pub fn start(program: &Path) -> io::Result<Launcher> {
         let (mine, theirs) =
             socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
+        // A launcher that stops answering must not hang launches forever: past this the
+        // agent gives up on it and spawns inits itself.
+        nix::sys::socket::setsockopt(
+            &mine,
+            nix::sys::socket::sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(REPLY_TIMEOUT_S, 0),
+        )?;
         let child = Command::new(program)
             .arg(LAUNCHER_ARG)
             .env_clear()

@@ -390,7 +390,12 @@ async fn serve(
     }));
     let (http_stop, http_stopped) = oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
-        axum::serve(setup.listener, router)
+        use axum::serve::ListenerExt as _;
+        // Small responses on kept-alive connections: no Nagle delay.
+        let listener = setup.listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 let _ = http_stopped.await;
             })
