@@ -315,15 +315,15 @@ mod tests {
         let (dir, procs) = (cg.open_dir().unwrap(), cg.open_procs().unwrap());
         use std::os::fd::AsFd as _;
         let argv = [std::ffi::OsStr::new("sleep"), std::ffi::OsStr::new("60")];
-        let child = crate::sys::spawn_init(&crate::sys::InitSpawn {
-            program: Path::new("/bin/sleep"),
+        let request = |program: &'static str| crate::sys::InitSpawn {
+            program: Path::new(program),
             argv: &argv,
             stdio: [devnull.as_fd(), devnull.as_fd(), devnull.as_fd()],
             cgroup_dir: dir.as_fd(),
             cgroup_procs: procs.as_fd(),
             namespaces: crate::sys::Namespaces::default(),
-        })
-        .unwrap();
+        };
+        let child = crate::sys::spawn_init(&request("/bin/sleep")).unwrap();
         let pid = child.pid.as_raw();
         // Linux 5.7+ (every kernel this runs on here) creates it in the cgroup directly.
         assert_eq!(child.path, crate::sys::SpawnPath::Clone3IntoCgroup);
@@ -341,15 +341,7 @@ mod tests {
         assert!(cg.remove().is_err(), "a populated cgroup cannot be removed");
 
         // The path for kernels before 5.7: the child joins by writing cgroup.procs.
-        let other = crate::sys::spawn_init_without_clone3(&crate::sys::InitSpawn {
-            program: Path::new("/bin/sleep"),
-            argv: &argv,
-            stdio: [devnull.as_fd(), devnull.as_fd(), devnull.as_fd()],
-            cgroup_dir: dir.as_fd(),
-            cgroup_procs: procs.as_fd(),
-            namespaces: crate::sys::Namespaces::default(),
-        })
-        .unwrap();
+        let other = crate::sys::spawn_init_without_clone3(&request("/bin/sleep")).unwrap();
         assert_eq!(other.path, crate::sys::SpawnPath::CloneThenJoin);
         let mut both = cg.procs().unwrap();
         both.sort();
@@ -357,15 +349,7 @@ mod tests {
         want.sort();
         assert_eq!(both, want);
         // A program that cannot be exec'd is an error naming the step, and leaves no child.
-        let err = crate::sys::spawn_init(&crate::sys::InitSpawn {
-            program: Path::new("/nonexistent/corral-init"),
-            argv: &argv,
-            stdio: [devnull.as_fd(), devnull.as_fd(), devnull.as_fd()],
-            cgroup_dir: dir.as_fd(),
-            cgroup_procs: procs.as_fd(),
-            namespaces: crate::sys::Namespaces::default(),
-        })
-        .unwrap_err();
+        let err = crate::sys::spawn_init(&request("/nonexistent/corral-init")).unwrap_err();
         assert!(err.to_string().starts_with("exec: No such file"), "{err}");
         assert_eq!(cg.procs().unwrap().len(), 2);
 

@@ -101,14 +101,7 @@ pub fn state_json(core: &Core, work_dir: &Path) -> Value {
         "version": corral_wire::MESOS_COMPAT_VERSION,
         "corral_version": reg.version,
         "resources": reg.resources.to_summary_json(),
-        "isolation": {
-            "policy": reg.isolation.policy,
-            "cgroup_root": reg.isolation.cgroup_root,
-            "controllers": reg.isolation.controllers,
-            "not_enforced": reg.isolation.not_enforced,
-            "namespaces": reg.isolation.namespaces,
-            "network": reg.isolation.network,
-        },
+        "isolation": reg.isolation.to_json(),
         "frameworks": frameworks,
         "completed_frameworks": [],
     })

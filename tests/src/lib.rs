@@ -35,6 +35,15 @@ pub fn corral_bin() -> PathBuf {
     bin
 }
 
+/// `corral run --master <cluster> -- ARGS`, to completion.
+pub fn corral_run(cluster: &Cluster, args: &[&str]) -> std::process::Output {
+    Command::new(corral_bin())
+        .args(["run", "--master", cluster.master_addr().host_port(), "--"])
+        .args(args)
+        .output()
+        .expect("run corral")
+}
+
 /// A port free for both TCP and UDP on 127.0.0.1.
 pub fn free_port() -> u16 {
     for _ in 0..100 {

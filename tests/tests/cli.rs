@@ -11,18 +11,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use corral_tests::{
-    Cluster, ClusterOptions, cgroup_populated, corral_bin, free_port, require_agent_host,
+    Cluster, ClusterOptions, cgroup_populated, corral_bin, corral_run, free_port,
+    require_agent_host,
 };
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-fn corral_run(cluster: &Cluster, args: &[&str]) -> std::process::Output {
-    Command::new(corral_bin())
-        .args(["run", "--master", cluster.master_addr().host_port(), "--"])
-        .args(args)
-        .output()
-        .unwrap()
-}
 
 /// Pids of processes whose command line contains `needle`.
 fn processes_mentioning(needle: &str) -> Vec<u32> {

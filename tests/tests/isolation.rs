@@ -13,15 +13,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use corral_tests::{Cluster, ClusterOptions, cgroup_root, corral_bin, require_agent_host};
-
-fn corral_run(cluster: &Cluster, args: &[&str]) -> std::process::Output {
-    Command::new(corral_bin())
-        .args(["run", "--master", cluster.master_addr().host_port(), "--"])
-        .args(args)
-        .output()
-        .unwrap()
-}
+use corral_tests::{
+    Cluster, ClusterOptions, cgroup_root, corral_bin, corral_run, require_agent_host,
+};
 
 /// The required controllers the cgroup2 root does not offer, in the agent's order.
 fn missing_required_controllers() -> Vec<String> {

@@ -104,6 +104,20 @@ pub struct IsolationReport {
     pub network: String,
 }
 
+impl IsolationReport {
+    /// The `isolation` object of the agent's and the master's `/state`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "policy": self.policy,
+            "cgroup_root": self.cgroup_root,
+            "controllers": self.controllers,
+            "not_enforced": self.not_enforced,
+            "namespaces": self.namespaces,
+            "network": self.network,
+        })
+    }
+}
+
 /// An agent attribute (`rack:r1`, `zone:{a,b}`).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[rkyv(derive(Debug))]

@@ -202,17 +202,7 @@ fn agent_json(m: &Master, a: &Agent) -> Value {
     o.insert("version".into(), json!(corral_wire::MESOS_COMPAT_VERSION));
     o.insert("corral_version".into(), json!(reg.version));
     o.insert("capabilities".into(), json!(["MULTI_ROLE", "HIERARCHICAL_ROLE"]));
-    o.insert(
-        "isolation".into(),
-        json!({
-            "policy": reg.isolation.policy,
-            "cgroup_root": reg.isolation.cgroup_root,
-            "controllers": reg.isolation.controllers,
-            "not_enforced": reg.isolation.not_enforced,
-            "namespaces": reg.isolation.namespaces,
-            "network": reg.isolation.network,
-        }),
-    );
+    o.insert("isolation".into(), reg.isolation.to_json());
     Value::Object(o)
 }
 
