@@ -133,7 +133,8 @@ async fn run_container(
     // exec'd).
     let spawned = {
         let (env, launch, cgroup) = (env.clone(), launch.clone(), cgroup.clone());
-        tokio::task::spawn_blocking(move || spawn(&env, prepare(&env, &launch, &cgroup)?)).await
+        tokio::task::spawn_blocking(move || spawn(&env, &cgroup, prepare(&env, &launch, &cgroup)?))
+            .await
     };
     let (init, report_pipe, run_dir) = match spawned {
         Ok(Ok(s)) => s,
@@ -229,7 +230,11 @@ async fn wait_exit(init: SpawnedInit) -> Result<WaitStatus, String> {
 
 /// Spawns the init of a prepared container. Blocking (the calling thread waits until the
 /// child has exec'd). Returns the init, the read end of its report pipe and the run dir.
-fn spawn(env: &LaunchEnv, p: Prepared) -> Result<(SpawnedInit, OwnedFd, PathBuf), String> {
+fn spawn(
+    env: &LaunchEnv,
+    cgroup: &Cgroup,
+    p: Prepared,
+) -> Result<(SpawnedInit, OwnedFd, PathBuf), String> {
     let (report_read, report_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| format!("cannot make the report pipe: {e}"))?;
     let argv: [&OsStr; 3] =
@@ -261,13 +266,27 @@ fn spawn(env: &LaunchEnv, p: Prepared) -> Result<(SpawnedInit, OwnedFd, PathBuf)
                     .map_err(|e| format!("cannot open a pidfd for the task init: {e}"))?;
                 return Ok((SpawnedInit { pid, pidfd, path }, report_read, p.run_dir));
             }
-            Ok(None) => {}
+            Ok(None) => clear_container(cgroup),
             Err(e) => return Err(format!("cannot start the task init: {e}")),
         }
     }
     let init = crate::sys::spawn_init(&req)
         .map_err(|e| format!("cannot start the task init {}: {e}", env.launcher.display()))?;
     Ok((init, report_read, p.run_dir))
+}
+
+/// Before the agent spawns an init itself because its launcher died mid-request: an init
+/// the launcher may have forked for this container before dying is killed and reaped (it is
+/// the agent's child), so the container has one init.
+fn clear_container(cgroup: &Cgroup) {
+    let Ok(pids) = cgroup.procs() else { return };
+    if pids.is_empty() {
+        return;
+    }
+    let _ = cgroup.kill();
+    for pid in pids {
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+    }
 }
 
 /// What `prepare` made.

@@ -10,11 +10,10 @@
 //! `CLONE_PARENT`), and answers `pid (i32 LE) ++ errno (i32 LE)`. The child sets up its stdio
 //! and becomes the per-task init (`shim::run_init`) without an exec.
 //!
-//! The launcher is single-threaded (no runtime), dies with the agent (parent-death signal:
-//! strictly, with the agent thread that started it, which is the agent's main or a runtime
-//! worker thread, both as long-lived as the agent), and exits when the agent closes its end.
-//! If it is gone or stops answering, the agent falls back to `sys::spawn_init` (clone of the
-//! agent with `CLONE_VM | CLONE_VFORK`, then exec).
+//! The launcher is single-threaded (no runtime) and exits when the agent's end of the socket
+//! closes, which the agent's death does too. If it is gone or stops answering, that launch
+//! falls back to `sys::spawn_init` (clone of the agent with `CLONE_VM | CLONE_VFORK`, then
+//! exec) and a new launcher takes the next ones (up to a few times).
 #![forbid(unsafe_code)]
 
 use std::io::{self, IoSlice, IoSliceMut};
@@ -47,8 +46,14 @@ const MAX_REQUEST: usize = 8192;
 /// The agent's handle on its launcher.
 #[derive(Debug)]
 pub struct Launcher {
+    program: PathBuf,
     inner: Mutex<Option<(OwnedFd, Child)>>,
+    /// Launchers started after the first one died.
+    restarts: std::sync::atomic::AtomicU32,
 }
+
+/// How many times a dead launcher is replaced before the agent spawns every init itself.
+const MAX_RESTARTS: u32 = 5;
 
 /// What the agent passes for one launch.
 pub struct Request<'a> {
@@ -63,22 +68,11 @@ impl Launcher {
     /// Starts `program __launcher`. The launcher inherits nothing but its socket (stdin) and
     /// the agent's stderr.
     pub fn start(program: &Path) -> io::Result<Launcher> {
-        let (mine, theirs) =
-            socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
-        // A launcher that stops answering must not hang launches forever: past this the
-        // agent gives up on it and spawns inits itself.
-        nix::sys::socket::setsockopt(
-            &mine,
-            nix::sys::socket::sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(REPLY_TIMEOUT_S, 0),
-        )?;
-        let child = Command::new(program)
-            .arg(LAUNCHER_ARG)
-            .env_clear()
-            .stdin(Stdio::from(theirs))
-            .stdout(Stdio::null())
-            .spawn()?;
-        Ok(Launcher { inner: Mutex::new(Some((mine, child))) })
+        Ok(Launcher {
+            program: program.to_path_buf(),
+            inner: Mutex::new(Some(spawn_process(program)?)),
+            restarts: std::sync::atomic::AtomicU32::new(0),
+        })
     }
 
     /// Asks the launcher for an init. `Ok(None)`: no launcher (it died, or was never there);
@@ -90,11 +84,29 @@ impl Launcher {
             Ok(r) => Ok(Some(r)),
             Err(Exchange::Refused(e)) => Err(e),
             Err(Exchange::Gone(e)) => {
-                tracing::error!("the launcher is gone ({e}); spawning task inits directly");
                 if let Some((sock, mut child)) = guard.take() {
                     drop(sock);
                     let _ = child.kill();
                     let _ = child.wait();
+                }
+                // This launch may or may not have been forked: the caller clears the
+                // container and spawns the init itself. Later ones go to a new launcher.
+                let n = self.restarts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n < MAX_RESTARTS {
+                    match spawn_process(&self.program) {
+                        Ok(l) => {
+                            tracing::warn!("the launcher was gone ({e}); started a new one");
+                            *guard = Some(l);
+                        }
+                        Err(e2) => tracing::error!(
+                            "the launcher was gone ({e}) and cannot be restarted ({e2}); spawning task inits directly"
+                        ),
+                    }
+                } else {
+                    tracing::error!(
+                        "the launcher was gone ({e}) for the {}th time; spawning task inits directly from now on",
+                        n + 1
+                    );
                 }
                 Ok(None)
             }
@@ -115,6 +127,26 @@ impl Drop for Launcher {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Starts `program __launcher` with one end of a new socket pair as its stdin.
+fn spawn_process(program: &Path) -> io::Result<(OwnedFd, Child)> {
+    let (mine, theirs) =
+        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
+    // A launcher that stops answering must not hang launches forever: past this the agent
+    // gives up on it.
+    nix::sys::socket::setsockopt(
+        &mine,
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(REPLY_TIMEOUT_S, 0),
+    )?;
+    let child = Command::new(program)
+        .arg(LAUNCHER_ARG)
+        .env_clear()
+        .stdin(Stdio::from(theirs))
+        .stdout(Stdio::null())
+        .spawn()?;
+    Ok((mine, child))
 }
 
 enum Exchange {
@@ -165,11 +197,9 @@ fn exchange(sock: BorrowedFd<'_>, req: &Request<'_>) -> Result<(Pid, SpawnPath),
 
 /// The launcher process's `main`: serves requests on stdin until the agent closes it.
 pub fn launcher_main() -> ! {
-    // With the agent gone there is nothing to serve (and no one to reap what it forks).
-    let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-    if nix::unistd::getppid() == Pid::from_raw(1) {
-        std::process::exit(0);
-    }
+    // No parent-death signal: it would follow the agent *thread* that started this process
+    // (a blocking-pool thread, for a restarted launcher). The agent's death closes its end
+    // of the socket, and the launcher leaves on that end of file.
     crate::sys::ignore_sigpipe();
     let code = match serve() {
         Ok(()) => 0,

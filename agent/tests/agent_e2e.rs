@@ -53,7 +53,9 @@ const CASES: &[(&str, CaseFn)] = &[
     ("sigterm_stops_an_agent_process_cleanly", || Box::pin(sigterm_stops_agent_process())),
     ("task_init_outlives_a_killed_agent", || Box::pin(init_outlives_agent())),
     ("a_silent_master_is_left_and_the_agent_reregisters", || Box::pin(silent_master())),
-    ("inits_are_forked_by_the_launcher_and_survive_its_death", || Box::pin(launcher_forks())),
+    ("inits_are_forked_by_the_launcher_which_is_replaced_when_it_dies", || {
+        Box::pin(launcher_forks())
+    }),
 ];
 
 /// `argv[1]` that makes this binary run an agent process (`corral_agent::run`, with its own
@@ -1034,8 +1036,19 @@ async fn launcher_forks() {
     assert_ne!(comm2, "corral-init", "exec'd by the agent, not forked by a launcher");
     // The first task is unaffected by its launcher's death.
     assert!(pid_running(init), "an init does not die with the launcher");
+    // A new launcher forks the next ones.
+    let relaunched = launcher_of(agent_pid).expect("a new launcher");
+    assert_ne!(relaunched, launcher);
+    session.send(shell_task("forked-again", "sleep 60")).await;
+    let cid3 =
+        session.expect("forked-again", TaskState::TaskRunning).await.container_id.expect("cid");
+    let (_, comm3) = cgroup_procs(&agent.cgroup.join(&cid3))
+        .into_iter()
+        .find(|(_, comm)| comm != "sh" && comm != "sleep")
+        .expect("the third init");
+    assert_eq!(comm3, "corral-init");
     agent.signal(nix::sys::signal::Signal::SIGTERM);
-    for _ in 0..2 {
+    for _ in 0..3 {
         let u = session.update().await;
         assert_eq!(u.task_state(), Some(TaskState::TaskKilled), "{u:?}");
         session.ack(&u).await;
