@@ -76,6 +76,18 @@ fn a_task_sees_only_its_own_processes_cgroup_tmp_and_capabilities() {
     assert!(!std::path::Path::new("/tmp").join(&probe).exists(), "leaked into the host's /tmp");
     let in_sandbox = walk(cluster.dir.path()).into_iter().any(|p| p.ends_with(&probe));
     assert!(in_sandbox, "the task's /tmp is inside its sandbox");
+
+    // A task of a non-root user holds no capability at all.
+    let out = Command::new(corral_bin())
+        .args(["run", "--master", cluster.master_addr().host_port(), "--user", "nobody", "--"])
+        .args(["grep", "-E", "^Cap(Bnd|Eff|Prm)", "/proc/self/status"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("CapEff:\t0000000000000000"), "{stdout}");
+    assert!(stdout.contains("CapPrm:\t0000000000000000"), "{stdout}");
+    assert!(stdout.contains("CapBnd:\t00000000a80425fb"), "{stdout}");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
