@@ -121,7 +121,9 @@ struct AgentCli {
 }
 
 async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
-    let dir = std::env::temp_dir().join(format!("corral-bench-{}", std::process::id()));
+    // Not under /tmp: a task's /tmp is its own, and a sandbox under /tmp has to be bound
+    // back into it, work a production work dir (/var/lib/corral/agent) does not cause.
+    let dir = PathBuf::from(format!("/var/tmp/corral-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let result = launch_in(&args, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -399,11 +401,15 @@ async fn throughput(
     *seq += 1;
     let tasks = ids.iter().map(|id| command_task(id, id, &agent, &argv, &small_task())).collect();
     let mut pending: std::collections::HashSet<String> = ids.into_iter().collect();
+    // Acknowledgements go out concurrently with reading events, as a framework that is busy
+    // launching would send them: one at a time, they would pace the reading of the stream.
+    let caller = sched.caller();
+    let mut acks = tokio::task::JoinSet::new();
     let t0 = now();
     sched.launch(offers, tasks, Some(0.0)).await?;
     while !pending.is_empty() {
         let ev = next(sched).await?;
-        if let Some(u) = &ev.update {
+        if let Some(u) = ev.update {
             let state = u.status.state();
             if state == TaskState::TaskRunning {
                 pending.remove(&u.status.task_id.value);
@@ -416,10 +422,18 @@ async fn throughput(
                     u.status.message()
                 );
             }
-            ack(sched, ev).await?;
+            let caller = caller.clone();
+            acks.spawn(async move { caller.acknowledge(&u.status).await });
+        }
+        while let Some(done) = acks.try_join_next() {
+            done??;
         }
     }
-    Ok((n, t0.elapsed()))
+    let took = t0.elapsed();
+    while let Some(done) = acks.join_next().await {
+        done??;
+    }
+    Ok((n, took))
 }
 
 /// What spawning `/bin/true` through std's fork path costs from this process (setting the

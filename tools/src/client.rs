@@ -149,13 +149,49 @@ fn urlencode(s: &str) -> String {
 /// A framework connected to the master through the v1 scheduler API.
 #[derive(Debug)]
 pub struct Scheduler {
+    caller: Caller,
+    events: mpsc::Receiver<Result<Event, ClientError>>,
+    reader: tokio::task::JoinHandle<()>,
+    master_info: Option<v1::MasterInfo>,
+}
+
+/// Makes calls for one subscribed framework (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct Caller {
     http: reqwest::Client,
     master: MasterAddr,
     framework_id: String,
     stream_id: String,
-    events: mpsc::Receiver<Result<Event, ClientError>>,
-    reader: tokio::task::JoinHandle<()>,
-    master_info: Option<v1::MasterInfo>,
+}
+
+impl Caller {
+    /// Sends a call (framework id filled in) and checks for 200/202.
+    pub async fn call(&self, mut c: Call) -> Result<(), ClientError> {
+        c.framework_id = Some(v1::FrameworkId::from_str(&self.framework_id));
+        let url = self.master.url("/api/v1/scheduler");
+        let req = self
+            .http
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("Mesos-Stream-Id", &self.stream_id)
+            .body(json::to_string(&c));
+        send(&url, req).await.map(drop)
+    }
+
+    /// Acknowledges an update if it carries a uuid (master-generated updates do not).
+    pub async fn acknowledge(&self, status: &v1::TaskStatus) -> Result<(), ClientError> {
+        let (Some(uuid), Some(agent)) = (&status.uuid, &status.agent_id) else { return Ok(()) };
+        let c = Call {
+            r#type: Some(call::Type::Acknowledge as i32),
+            acknowledge: Some(call::Acknowledge {
+                agent_id: agent.clone(),
+                task_id: status.task_id.clone(),
+                uuid: uuid.clone(),
+            }),
+            ..Default::default()
+        };
+        self.call(c).await
+    }
 }
 
 impl Drop for Scheduler {
@@ -233,10 +269,12 @@ impl Scheduler {
             event::Type::Subscribed => {
                 let s = first.subscribed.unwrap_or_default();
                 Ok(Scheduler {
-                    http,
-                    master: master.clone(),
-                    framework_id: s.framework_id.value,
-                    stream_id,
+                    caller: Caller {
+                        http,
+                        master: master.clone(),
+                        framework_id: s.framework_id.value,
+                        stream_id,
+                    },
                     events,
                     reader,
                     master_info: s.master_info,
@@ -250,11 +288,11 @@ impl Scheduler {
     }
 
     pub fn framework_id(&self) -> &str {
-        &self.framework_id
+        &self.caller.framework_id
     }
 
     pub fn stream_id(&self) -> &str {
-        &self.stream_id
+        &self.caller.stream_id
     }
 
     pub fn master_info(&self) -> Option<&v1::MasterInfo> {
@@ -267,16 +305,14 @@ impl Scheduler {
     }
 
     /// Sends a call (framework id filled in) and checks for 200/202.
-    pub async fn call(&self, mut c: Call) -> Result<(), ClientError> {
-        c.framework_id = Some(v1::FrameworkId::from_str(&self.framework_id));
-        let url = self.master.url("/api/v1/scheduler");
-        let req = self
-            .http
-            .post(&url)
-            .header("Content-Type", "application/json")
-            .header("Mesos-Stream-Id", &self.stream_id)
-            .body(json::to_string(&c));
-        send(&url, req).await.map(drop)
+    pub async fn call(&self, c: Call) -> Result<(), ClientError> {
+        self.caller.call(c).await
+    }
+
+    /// A handle that makes calls for this framework, independent of the event stream: to
+    /// acknowledge (or call) concurrently with reading events.
+    pub fn caller(&self) -> Caller {
+        self.caller.clone()
     }
 
     fn typed(t: call::Type) -> Call {
@@ -319,14 +355,7 @@ impl Scheduler {
 
     /// Acknowledges an update if it carries a uuid (master-generated updates do not).
     pub async fn acknowledge(&self, status: &v1::TaskStatus) -> Result<(), ClientError> {
-        let (Some(uuid), Some(agent)) = (&status.uuid, &status.agent_id) else { return Ok(()) };
-        let mut c = Self::typed(call::Type::Acknowledge);
-        c.acknowledge = Some(call::Acknowledge {
-            agent_id: agent.clone(),
-            task_id: status.task_id.clone(),
-            uuid: uuid.clone(),
-        });
-        self.call(c).await
+        self.caller.acknowledge(status).await
     }
 
     pub async fn kill(&self, task_id: &str, agent_id: Option<&str>) -> Result<(), ClientError> {
