@@ -12,13 +12,18 @@
 //!   connection to the master (`conn`), the per-container monitors that prepare a sandbox,
 //!   create the cgroup and spawn the per-task init (`launch`), signals, and the HTTP API
 //!   (`http`), which reads the core's task table.
-//! - The per-task init ([`task_init_main`], in `shim`) is the `corral __task-init` process
-//!   between the agent and a task: it is spawned straight into the task's cgroup in its own
-//!   session, starts the task, forwards kill signals to it, and reports its exit both over a
-//!   pipe and in a file, so it outlives an agent that dies.
-//! - `cgroup` is the small cgroup v2 module (rooted at a configurable cgroup2 mount), `host`
-//!   detects what the machine offers, `paths` owns the on-disk layout, and `sys` holds the
-//!   crate's only `unsafe` code (the hooks that run between fork and exec).
+//! - The per-task init (`shim`) is the process between the agent and a task: pid 1 of the
+//!   container's namespaces, it sets up the container's mounts and hostname, starts the task,
+//!   reaps orphans, forwards kill signals, and reports the task's exit both over a pipe and in
+//!   a file, so it outlives an agent that dies. The launcher (`launcher`, `corral __launcher`)
+//!   is a small process the agent starts once; it forks every init straight into the
+//!   container's cgroup and namespaces, as a child of the agent. Without it the agent starts
+//!   an init itself (`corral __task-init`) without forking its own memory.
+//! - `isolation` decides what is enforced (controllers enabled down the agent's subtree, the
+//!   strict or best-effort policy, per-task limits, OOM detection); `cgroup` is the small
+//!   cgroup v2 module (rooted at a configurable cgroup2 mount), `host` detects what the machine
+//!   offers, `paths` owns the on-disk layout, and `sys` holds the crate's only `unsafe` code
+//!   (the clone calls, the hooks between fork and exec, the container's mounts).
 #![deny(unsafe_code)]
 
 mod args;
