@@ -50,7 +50,7 @@ pub struct AgentArgs {
     pub cgroup_root: Option<PathBuf>,
 
     /// The cgroup (relative to --cgroup-root) that holds the task cgroups
-    /// [default: corral-agent-<port>].
+    /// [default: corral-agent-PORT, PORT being the HTTP port].
     #[arg(long, value_name = "NAME")]
     pub cgroup_parent: Option<String>,
 
