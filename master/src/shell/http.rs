@@ -63,7 +63,16 @@ pub fn router(handle: Handle) -> Router {
             .route(&format!("{prefix}/health"), get(health))
             .route(&format!("{prefix}/state"), get(state_handler))
             .route(&format!("{prefix}/state.json"), get(state_handler))
-            .route(&format!("{prefix}/redirect"), get(redirect));
+            .route(&format!("{prefix}/redirect"), get(redirect))
+            .route(&format!("{prefix}/slaves"), get(slaves))
+            .route(&format!("{prefix}/frameworks"), get(frameworks))
+            .route(&format!("{prefix}/tasks"), get(tasks))
+            .route(&format!("{prefix}/tasks.json"), get(tasks))
+            .route(&format!("{prefix}/flags"), get(flags))
+            .route(&format!("{prefix}/state-summary"), get(state_summary))
+            .route(&format!("{prefix}/roles"), get(roles))
+            .route(&format!("{prefix}/roles.json"), get(roles))
+            .route(&format!("{prefix}/metrics/snapshot"), get(metrics_snapshot));
     }
     r.route("/", get(status_page))
         .route("/version", get(version))
@@ -273,10 +282,94 @@ pub fn json_response(value: &serde_json::Value, jsonp: Option<&str>) -> Response
 
 async fn state_handler(State(handle): State<Handle>, Query(q): Query<JsonpQuery>) -> Response {
     let flags = handle.flags.clone();
-    match handle.query(move |m| state::state(m, &flags)).await {
-        Some(v) => json_response(&v, q.jsonp.as_deref()),
+    view(&handle, q.jsonp.as_deref(), move |m| state::state(m, &flags)).await
+}
+
+/// Runs `view` against the core and answers it as JSON (or JSONP).
+async fn view(
+    handle: &Handle,
+    jsonp: Option<&str>,
+    view: impl FnOnce(&crate::core::Master) -> serde_json::Value + Send + 'static,
+) -> Response {
+    match handle.query(view).await {
+        Some(v) => json_response(&v, jsonp),
         None => text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down"),
     }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct SlavesQuery {
+    slave_id: Option<String>,
+    jsonp: Option<String>,
+}
+
+async fn slaves(State(handle): State<Handle>, Query(q): Query<SlavesQuery>) -> Response {
+    let id = q.slave_id;
+    view(&handle, q.jsonp.as_deref(), move |m| state::slaves(m, id.as_deref())).await
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct FrameworksQuery {
+    framework_id: Option<String>,
+    jsonp: Option<String>,
+}
+
+async fn frameworks(State(handle): State<Handle>, Query(q): Query<FrameworksQuery>) -> Response {
+    let id = q.framework_id;
+    view(&handle, q.jsonp.as_deref(), move |m| state::frameworks(m, id.as_deref())).await
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct TasksParams {
+    limit: Option<String>,
+    offset: Option<String>,
+    order: Option<String>,
+    framework_id: Option<String>,
+    task_id: Option<String>,
+    jsonp: Option<String>,
+}
+
+async fn tasks(State(handle): State<Handle>, Query(q): Query<TasksParams>) -> Response {
+    let number = |name: &str, v: &Option<String>| -> Result<Option<i64>, String> {
+        v.as_deref()
+            .map(|s| s.parse::<i64>().map_err(|_| format!("Failed to parse '{name}': '{s}'")))
+            .transpose()
+    };
+    let (limit, offset) = match (number("limit", &q.limit), number("offset", &q.offset)) {
+        (Ok(l), Ok(o)) => (l, o),
+        (Err(e), _) | (_, Err(e)) => return bad_request(e),
+    };
+    let Ok(offset) = offset.map(usize::try_from).transpose() else {
+        return bad_request("Failed to parse 'offset': negative");
+    };
+    let query = state::TasksQuery {
+        limit,
+        offset,
+        order: q.order,
+        framework_id: q.framework_id,
+        task_id: q.task_id,
+    };
+    match handle.query(move |m| state::tasks(m, &query)).await {
+        Some(Ok(v)) => json_response(&v, q.jsonp.as_deref()),
+        Some(Err(e)) => bad_request(e),
+        None => text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down"),
+    }
+}
+
+async fn flags(State(handle): State<Handle>, Query(q): Query<JsonpQuery>) -> Response {
+    json_response(&state::flags(&handle.flags), q.jsonp.as_deref())
+}
+
+async fn state_summary(State(handle): State<Handle>, Query(q): Query<JsonpQuery>) -> Response {
+    view(&handle, q.jsonp.as_deref(), state::state_summary).await
+}
+
+async fn roles(State(handle): State<Handle>, Query(q): Query<JsonpQuery>) -> Response {
+    view(&handle, q.jsonp.as_deref(), state::roles).await
+}
+
+async fn metrics_snapshot(State(handle): State<Handle>, Query(q): Query<JsonpQuery>) -> Response {
+    view(&handle, q.jsonp.as_deref(), state::metrics_snapshot).await
 }
 
 async fn version(Query(q): Query<JsonpQuery>) -> Response {

@@ -1,5 +1,6 @@
-//! The legacy JSON views (`/state`, `/version`) in Mesos' shapes, built from the core's
-//! read-only accessors. The Mesos web UI and CLI read these field names.
+//! The legacy JSON views (`/state`, `/state-summary`, `/slaves`, `/frameworks`, `/tasks`,
+//! `/roles`, `/flags`, `/metrics/snapshot`, `/version`) in Mesos' shapes, built from the
+//! core's read-only accessors. The Mesos web UI and CLI read these field names.
 
 use corral_wire::mesos::json;
 use corral_wire::mesos::v1;
@@ -249,4 +250,305 @@ pub fn state(m: &Master, flags: &[(String, String)]) -> Value {
     o.insert("orphan_tasks".into(), json!([]));
     o.insert("unregistered_frameworks".into(), json!([]));
     v
+}
+
+/// `/slaves` (`?slave_id=` keeps that one agent).
+pub fn slaves(m: &Master, slave_id: Option<&str>) -> Value {
+    let slaves: Vec<Value> = m
+        .agents()
+        .values()
+        .filter(|a| a.state != AgentState::Unreachable)
+        .filter(|a| slave_id.is_none_or(|id| a.id == id))
+        .map(|a| agent_json(m, a))
+        .collect();
+    json!({"slaves": slaves, "recovered_slaves": []})
+}
+
+/// `/frameworks` (`?framework_id=` keeps that one framework).
+pub fn frameworks(m: &Master, framework_id: Option<&str>) -> Value {
+    let keep = |f: &&Framework| framework_id.is_none_or(|id| f.id == id);
+    json!({
+        "frameworks": m.frameworks().values().filter(keep).map(|f| framework_json(m, f)).collect::<Vec<_>>(),
+        "completed_frameworks": m.completed_frameworks().iter().filter(keep).map(|f| framework_json(m, f)).collect::<Vec<_>>(),
+        "unregistered_frameworks": [],
+    })
+}
+
+/// The query of `/tasks`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct TasksQuery {
+    /// How many (default 100; -1: all).
+    pub limit: Option<i64>,
+    pub offset: Option<usize>,
+    /// `asc` or `des` (default) by the earliest status timestamp.
+    pub order: Option<String>,
+    pub framework_id: Option<String>,
+    pub task_id: Option<String>,
+}
+
+/// `/tasks`: active, unreachable and completed tasks of active and completed frameworks,
+/// ordered by their first status's timestamp, then paged. `Err` is a 400 text.
+pub fn tasks(m: &Master, q: &TasksQuery) -> Result<Value, String> {
+    let limit = match q.limit.unwrap_or(100) {
+        -1 => usize::MAX,
+        n if n >= 0 => n as usize,
+        n => return Err(format!("Failed to parse 'limit': {n} is not -1 or a count")),
+    };
+    let descending = match q.order.as_deref() {
+        None | Some("des") => true,
+        Some("asc") => false,
+        Some(o) => return Err(format!("Failed to parse 'order': '{o}' is not 'asc' or 'des'")),
+    };
+    let mut all: Vec<&Task> = Vec::new();
+    for f in m.frameworks().values().chain(m.completed_frameworks().iter()) {
+        if q.framework_id.as_deref().is_some_and(|id| f.id != id) {
+            continue;
+        }
+        all.extend(f.tasks.values());
+        all.extend(f.unreachable_tasks.values());
+        all.extend(f.completed_tasks.iter());
+    }
+    if let Some(id) = q.task_id.as_deref() {
+        all.retain(|t| t.id == id);
+    }
+    let started = |t: &Task| t.statuses.first().and_then(|s| s.timestamp).unwrap_or(0.0);
+    all.sort_by(|a, b| started(a).total_cmp(&started(b)).then_with(|| a.id.cmp(&b.id)));
+    if descending {
+        all.reverse();
+    }
+    let page: Vec<Value> =
+        all.into_iter().skip(q.offset.unwrap_or(0)).take(limit).map(task_json).collect();
+    Ok(json!({"tasks": page}))
+}
+
+/// `/flags`.
+pub fn flags(flags: &[(String, String)]) -> Value {
+    let f: Map<String, Value> = flags.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+    json!({"flags": f})
+}
+
+/// The per-state task counters of `/state-summary`, over `tasks`.
+fn state_counts<'a>(tasks: impl Iterator<Item = &'a Task>) -> Map<String, Value> {
+    const STATES: [v1::TaskState; 10] = [
+        v1::TaskState::TaskStaging,
+        v1::TaskState::TaskStarting,
+        v1::TaskState::TaskRunning,
+        v1::TaskState::TaskKilling,
+        v1::TaskState::TaskFinished,
+        v1::TaskState::TaskKilled,
+        v1::TaskState::TaskFailed,
+        v1::TaskState::TaskLost,
+        v1::TaskState::TaskError,
+        v1::TaskState::TaskUnreachable,
+    ];
+    let mut counts = [0u64; 10];
+    for t in tasks {
+        if let Some(i) = STATES.iter().position(|s| *s == t.state) {
+            counts[i] += 1;
+        }
+    }
+    STATES.iter().zip(counts).map(|(s, n)| (s.as_str_name().to_string(), json!(n))).collect()
+}
+
+/// Every task a framework has (active, unreachable, completed).
+fn all_tasks(f: &Framework) -> impl Iterator<Item = &Task> {
+    f.tasks.values().chain(f.unreachable_tasks.values()).chain(f.completed_tasks.iter())
+}
+
+/// `/state-summary`: agents and frameworks with per-state task counts, without the tasks.
+pub fn state_summary(m: &Master) -> Value {
+    let frameworks: Vec<&Framework> =
+        m.frameworks().values().chain(m.completed_frameworks().iter()).collect();
+    let slaves: Vec<Value> = m
+        .agents()
+        .values()
+        .filter(|a| a.state != AgentState::Unreachable)
+        .map(|a| {
+            let mut o = match agent_json(m, a) {
+                Value::Object(o) => o,
+                _ => Map::new(),
+            };
+            let on_agent =
+                || frameworks.iter().flat_map(|f| all_tasks(f)).filter(|t| t.agent_id == a.id);
+            o.extend(state_counts(on_agent()));
+            let mut ids: Vec<&str> = on_agent().map(|t| t.framework_id.as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            o.insert("framework_ids".into(), json!(ids));
+            Value::Object(o)
+        })
+        .collect();
+    let summaries: Vec<Value> = frameworks
+        .iter()
+        .map(|f| {
+            let full = framework_json(m, f);
+            let mut o = Map::new();
+            for k in [
+                "id",
+                "name",
+                "used_resources",
+                "offered_resources",
+                "capabilities",
+                "hostname",
+                "webui_url",
+                "active",
+                "connected",
+                "recovered",
+            ] {
+                o.insert(k.into(), full[k].clone());
+            }
+            o.extend(state_counts(all_tasks(f)));
+            let mut ids: Vec<&str> = all_tasks(f).map(|t| t.agent_id.as_str()).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            o.insert("slave_ids".into(), json!(ids));
+            Value::Object(o)
+        })
+        .collect();
+    json!({"hostname": m.identity().hostname, "slaves": slaves, "frameworks": summaries})
+}
+
+/// `/roles`: every role the allocator knows, with its weight, what it holds and offers, and
+/// its frameworks. Quota is not implemented: guarantee and limit are empty.
+pub fn roles(m: &Master) -> Value {
+    let empty = (Resources::new(), std::collections::BTreeSet::new());
+    let known: Vec<&str> = m.allocator().roles().map(|(name, ..)| name).collect();
+    // Roles with a configured weight are listed even without frameworks (as Mesos does).
+    let weighted = m
+        .config()
+        .weights
+        .iter()
+        .filter(|(r, _)| !known.contains(&r.as_str()))
+        .map(|(r, w)| (r.as_str(), *w, &empty.0, &empty.1));
+    let roles: Vec<Value> = m
+        .allocator()
+        .roles()
+        .chain(weighted)
+        .map(|(name, weight, allocated, frameworks)| {
+            let mut offered = Resources::new();
+            for o in m.offers().values().filter(|o| o.role == name) {
+                offered.add(&o.resources.scalars_only());
+            }
+            json!({
+                "name": name,
+                "weight": weight,
+                "quota": {
+                    "role": name,
+                    "guarantee": {},
+                    "limit": {},
+                    "consumed": allocated.to_summary_json(),
+                },
+                "resources": allocated.to_summary_json(),
+                "allocated": allocated.to_summary_json(),
+                "offered": offered.to_summary_json(),
+                "reserved": {},
+                "frameworks": frameworks,
+            })
+        })
+        .collect();
+    json!({"roles": roles})
+}
+
+/// `/metrics/snapshot`: Mesos' metric names wherever the same quantity exists here.
+pub fn metrics_snapshot(m: &Master) -> Value {
+    let mut o = Map::new();
+    let mut put = |k: &str, v: f64| {
+        o.insert(format!("master/{k}"), json!(v));
+    };
+    put("elected", 1.0);
+    put("uptime_secs", m.now().as_secs_f64() - m.start_time().as_secs_f64());
+    let agents = m.agents();
+    let n = |s: AgentState| agents.values().filter(|a| a.state == s).count() as f64;
+    put("slaves_active", n(AgentState::Connected));
+    put("slaves_inactive", 0.0);
+    put("slaves_connected", n(AgentState::Connected));
+    put("slaves_disconnected", n(AgentState::Disconnected));
+    put("slaves_unreachable", n(AgentState::Unreachable));
+    let fws = m.frameworks();
+    let connected = fws.values().filter(|f| f.connected()).count() as f64;
+    put("frameworks_active", connected);
+    put("frameworks_inactive", fws.len() as f64 - connected);
+    put("frameworks_connected", connected);
+    put("frameworks_disconnected", fws.len() as f64 - connected);
+    let counts = state_counts(
+        fws.values().chain(m.completed_frameworks().iter()).flat_map(all_tasks),
+    );
+    for (state, count) in &counts {
+        let name = state.trim_start_matches("TASK_").to_lowercase();
+        put(&format!("tasks_{name}"), count.as_f64().unwrap_or(0.0));
+    }
+    // Resources: total over connected agents, used by live tasks.
+    let mut total = Resources::new();
+    for a in agents.values().filter(|a| a.state == AgentState::Connected) {
+        total.add(&a.registration.resources.scalars_only());
+    }
+    let mut used = Resources::new();
+    for f in fws.values() {
+        used.add(&used_by(f));
+    }
+    for r in ["cpus", "mem", "disk", "gpus"] {
+        let (t, u) = (total.scalar(r).as_f64(), used.scalar(r).as_f64());
+        put(&format!("{r}_total"), t);
+        put(&format!("{r}_used"), u);
+        put(&format!("{r}_percent"), if t > 0.0 { u / t } else { 0.0 });
+    }
+    put("outstanding_offers", m.offers().len() as f64);
+    let c = &m.metrics;
+    put("valid_status_updates", c.valid_status_updates as f64);
+    put("invalid_status_updates", c.invalid_status_updates as f64);
+    put("valid_status_update_acknowledgements", c.valid_status_update_acknowledgements as f64);
+    put("invalid_status_update_acknowledgements", c.invalid_status_update_acknowledgements as f64);
+    put("messages_decline_offers", c.offers_declined as f64);
+    put("messages_launch_tasks", c.offers_accepted as f64);
+    put("slave_registrations", c.agent_registrations as f64);
+    put("slave_reregistrations", c.agent_reregistrations as f64);
+    put("slave_unreachable_completed", c.agents_unreachable as f64);
+    let mut all: Map<String, Value> = o;
+    all.insert("allocator/mesos/allocation_runs".into(), json!(c.allocation_runs as f64));
+    all.insert("master/offers_sent".into(), json!(c.offers_sent as f64));
+    all.insert("master/offers_rescinded".into(), json!(c.offers_rescinded as f64));
+    all.insert("master/tasks_launched".into(), json!(c.tasks_launched as f64));
+    Value::Object(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{Identity, MasterConfig, Time};
+
+    fn master(weights: Vec<(String, f64)>) -> Master {
+        let identity = Identity {
+            id: "m".into(),
+            hostname: "localhost".into(),
+            ip: std::net::Ipv4Addr::LOCALHOST,
+            port: 5050,
+            version: "1.11.0".into(),
+        };
+        Master::new(MasterConfig { weights, ..MasterConfig::default() }, identity, Time(1))
+    }
+
+    #[test]
+    fn roles_with_a_configured_weight_are_listed_without_frameworks() {
+        assert_eq!(roles(&master(Vec::new())), json!({"roles": []}));
+        let v = roles(&master(vec![("analytics".into(), 2.5)]));
+        let r = &v["roles"][0];
+        assert_eq!(r["name"], "analytics");
+        assert_eq!(r["weight"], 2.5);
+        assert_eq!(r["frameworks"], json!([]));
+        assert_eq!(r["allocated"]["cpus"], 0.0);
+    }
+
+    #[test]
+    fn task_queries_are_validated() {
+        let m = master(Vec::new());
+        let q = |limit: Option<i64>, order: Option<&str>| TasksQuery {
+            limit,
+            order: order.map(String::from),
+            ..TasksQuery::default()
+        };
+        assert_eq!(tasks(&m, &q(None, None)).unwrap(), json!({"tasks": []}));
+        assert!(tasks(&m, &q(Some(-1), Some("asc"))).is_ok());
+        assert!(tasks(&m, &q(Some(-2), None)).unwrap_err().contains("limit"));
+        assert!(tasks(&m, &q(None, Some("up"))).unwrap_err().contains("order"));
+    }
 }
