@@ -470,9 +470,8 @@ pub fn metrics_snapshot(m: &Master) -> Value {
     put("frameworks_inactive", fws.len() as f64 - connected);
     put("frameworks_connected", connected);
     put("frameworks_disconnected", fws.len() as f64 - connected);
-    let counts = state_counts(
-        fws.values().chain(m.completed_frameworks().iter()).flat_map(all_tasks),
-    );
+    let counts =
+        state_counts(fws.values().chain(m.completed_frameworks().iter()).flat_map(all_tasks));
     for (state, count) in &counts {
         let name = state.trim_start_matches("TASK_").to_lowercase();
         put(&format!("tasks_{name}"), count.as_f64().unwrap_or(0.0));
