@@ -1,7 +1,8 @@
 //! The agent's HTTP API (a subset of Mesos' agent endpoints): `/health`, `/state` (also as
-//! `/slave(1)/state`), `/files/read` and `/files/download`. Handlers are thin: state comes from
-//! the core's task table (read under its lock, never across an await), files from the work
-//! directory only.
+//! `/slave(1)/state`), `/files/browse`, `/files/read`, `/files/download` and
+//! `/monitor/statistics`. Handlers are thin: state comes from the core's task table (read
+//! under its lock, never across an await), files from the work directory only, statistics
+//! from each container's cgroup files.
 #![forbid(unsafe_code)]
 
 use std::collections::BTreeMap;
@@ -42,6 +43,8 @@ pub struct HttpState {
     pub core: SharedCore,
     /// Canonical.
     pub work_dir: PathBuf,
+    /// The agent's cgroup: containers are its children, named by container id.
+    pub cgroups: crate::cgroup::Cgroup,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -49,7 +52,12 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/state", get(state_handler))
         .route("/slave(1)/state", get(state_handler))
+        .route("/files/browse", get(files_browse))
+        .route("/files/browse.json", get(files_browse))
         .route("/files/read", get(files_read))
+        .route("/files/read.json", get(files_read))
+        .route("/monitor/statistics", get(monitor_statistics))
+        .route("/monitor/statistics.json", get(monitor_statistics))
         .route("/files/download", get(files_download))
         .with_state(state)
 }
@@ -238,6 +246,188 @@ async fn files_read(State(s): State<Arc<HttpState>>, Query(q): Query<FilesQuery>
 }
 
 #[derive(Debug, Deserialize)]
+struct BrowseQuery {
+    path: String,
+}
+
+/// `/files/browse`: the entries of a directory inside the work dir, as Mesos' `FileInfo`
+/// JSON (`path`, `nlink`, `size`, `mtime`, `mode` as `ls -l` shows it, `uid`, `gid` as names).
+fn browse(work_dir: &Path, path: &str) -> Result<Value, FilesError> {
+    let full = work_dir.join(path);
+    let canonical = match full.canonicalize() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FilesError::NotFound),
+        Err(_) => return Err(FilesError::Forbidden),
+    };
+    if !canonical.starts_with(work_dir) {
+        return Err(FilesError::Forbidden);
+    }
+    if !canonical.is_dir() {
+        return Err(FilesError::BadRequest("Cannot browse a file".into()));
+    }
+    let mut out = Vec::new();
+    let entries = fs::read_dir(&canonical).map_err(|e| FilesError::Internal(e.to_string()))?;
+    for e in entries.flatten() {
+        let Ok(meta) = e.path().symlink_metadata() else { continue };
+        out.push(file_info(&e.path(), &meta));
+    }
+    out.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
+    Ok(Value::Array(out))
+}
+
+fn file_info(path: &Path, meta: &fs::Metadata) -> Value {
+    use std::os::unix::fs::MetadataExt as _;
+    let user = nix::unistd::User::from_uid(meta.uid().into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| meta.uid().to_string());
+    let group = nix::unistd::Group::from_gid(meta.gid().into())
+        .ok()
+        .flatten()
+        .map(|g| g.name)
+        .unwrap_or_else(|| meta.gid().to_string());
+    json!({
+        "path": path.to_string_lossy(),
+        "nlink": meta.nlink(),
+        "size": meta.size(),
+        "mtime": meta.mtime() as f64 + f64::from(meta.mtime_nsec() as u32) / 1e9,
+        "mode": mode_string(meta.mode()),
+        "uid": user,
+        "gid": group,
+    })
+}
+
+/// `drwxr-xr-x`, as `ls -l` prints a mode.
+fn mode_string(mode: u32) -> String {
+    let kind = match mode & libc::S_IFMT {
+        libc::S_IFDIR => 'd',
+        libc::S_IFLNK => 'l',
+        libc::S_IFIFO => 'p',
+        libc::S_IFSOCK => 's',
+        libc::S_IFCHR => 'c',
+        libc::S_IFBLK => 'b',
+        _ => '-',
+    };
+    let mut s = String::from(kind);
+    // setuid, setgid and sticky show in the execute column, as `ls` prints them.
+    for (shift, special, on, off) in
+        [(6, libc::S_ISUID, 's', 'S'), (3, libc::S_ISGID, 's', 'S'), (0, libc::S_ISVTX, 't', 'T')]
+    {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(match (bits & 1 != 0, mode & special != 0) {
+            (true, true) => on,
+            (false, true) => off,
+            (true, false) => 'x',
+            (false, false) => '-',
+        });
+    }
+    s
+}
+
+async fn files_browse(State(s): State<Arc<HttpState>>, Query(q): Query<BrowseQuery>) -> Response {
+    let work_dir = s.work_dir.clone();
+    match tokio::task::spawn_blocking(move || browse(&work_dir, &q.path)).await {
+        Ok(Ok(v)) => axum::Json(v).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => FilesError::Internal(e.to_string()).into_response(),
+    }
+}
+
+/// What `/monitor/statistics` reports for one container.
+struct Monitored {
+    framework_id: String,
+    task_id: String,
+    name: String,
+    container_id: String,
+    cpus: f64,
+    mem_mb: f64,
+}
+
+/// `/monitor/statistics`: one entry per running container, Mesos' `ResourceStatistics` field
+/// names, values from the container's cgroup v2 files (fields whose file the host lacks are
+/// left out).
+fn statistics(cgroups: &crate::cgroup::Cgroup, running: &[Monitored], now_secs: f64) -> Value {
+    let entries: Vec<Value> = running
+        .iter()
+        .map(|m| {
+            let cg = cgroups.child(&m.container_id);
+            let mut st = serde_json::Map::new();
+            st.insert("timestamp".into(), json!(now_secs));
+            st.insert("cpus_limit".into(), json!(m.cpus));
+            st.insert("mem_limit_bytes".into(), json!((m.mem_mb * 1024.0 * 1024.0) as u64));
+            if let Ok(text) = cg.read("cpu.stat") {
+                let kv = crate::cgroup::parse_flat_keyed(&text);
+                let get = |k: &str| kv.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
+                let secs = |v: u64| v as f64 / 1e6;
+                for (mesos, file, f) in [
+                    ("cpus_user_time_secs", "user_usec", secs as fn(u64) -> f64),
+                    ("cpus_system_time_secs", "system_usec", secs),
+                    ("cpus_throttled_time_secs", "throttled_usec", secs),
+                    ("cpus_nr_periods", "nr_periods", |v| v as f64),
+                    ("cpus_nr_throttled", "nr_throttled", |v| v as f64),
+                ] {
+                    if let Some(v) = get(file) {
+                        st.insert(mesos.into(), json!(f(v)));
+                    }
+                }
+            }
+            let number = |file: &str| cg.read(file).ok().and_then(|t| t.trim().parse::<u64>().ok());
+            if let Some(v) = number("memory.current") {
+                st.insert("mem_total_bytes".into(), json!(v));
+            }
+            if let Ok(text) = cg.read("memory.stat") {
+                if let Some(v) = crate::cgroup::flat_keyed(&text, "anon") {
+                    st.insert("mem_rss_bytes".into(), json!(v));
+                }
+                if let Some(v) = crate::cgroup::flat_keyed(&text, "file") {
+                    st.insert("mem_file_bytes".into(), json!(v));
+                }
+            }
+            if let Ok(p) = cg.procs() {
+                st.insert("processes".into(), json!(p.len()));
+            }
+            if let Ok(t) = cg.read("cgroup.threads") {
+                st.insert("threads".into(), json!(t.lines().count()));
+            }
+            json!({
+                "framework_id": m.framework_id,
+                "executor_id": m.task_id,
+                "executor_name": m.name,
+                "source": m.task_id,
+                "statistics": Value::Object(st),
+            })
+        })
+        .collect();
+    Value::Array(entries)
+}
+
+async fn monitor_statistics(State(s): State<Arc<HttpState>>) -> Response {
+    let running: Vec<Monitored> = lock(&s.core)
+        .tasks()
+        .filter(|t| !is_terminal(t.state))
+        .filter_map(|t| {
+            Some(Monitored {
+                framework_id: t.framework.id.clone(),
+                task_id: t.spec.task_id.clone(),
+                name: t.spec.name.clone(),
+                container_id: t.container_id.clone()?,
+                cpus: t.spec.resources.scalar("cpus").as_f64(),
+                mem_mb: t.spec.resources.scalar("mem").as_f64(),
+            })
+        })
+        .collect();
+    let cgroups = s.cgroups.clone();
+    let now = crate::clock::now().wall_ns as f64 / 1e9;
+    match tokio::task::spawn_blocking(move || statistics(&cgroups, &running, now)).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => FilesError::Internal(e.to_string()).into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
 struct DownloadQuery {
     path: String,
 }
@@ -284,6 +474,15 @@ async fn files_download(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn modes_print_as_ls_does() {
+        assert_eq!(super::mode_string(libc::S_IFDIR | 0o1777), "drwxrwxrwt");
+        assert_eq!(super::mode_string(libc::S_IFREG | 0o644), "-rw-r--r--");
+        assert_eq!(super::mode_string(libc::S_IFREG | 0o4755), "-rwsr-xr-x");
+        assert_eq!(super::mode_string(libc::S_IFREG | 0o2640), "-rw-r-S---");
+        assert_eq!(super::mode_string(libc::S_IFLNK | 0o777), "lrwxrwxrwx");
+    }
+
     use super::*;
 
     fn work() -> (tempfile::TempDir, PathBuf) {

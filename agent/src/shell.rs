@@ -387,6 +387,7 @@ async fn serve(
     let router = http::router(Arc::new(HttpState {
         core: core.clone(),
         work_dir: setup.env.work_dir.clone(),
+        cgroups: setup.env.cgroups.clone(),
     }));
     let (http_stop, http_stopped) = oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {

@@ -604,6 +604,45 @@ async fn exit_status_sandbox_and_http() {
         http_get(port, &format!("/files/download?path={}", stdout.display())).await;
     assert_eq!((status, body.as_slice()), (200, &b"hi\n"[..]));
 
+    // /files/browse: the sandbox's entries as Mesos FileInfo.
+    let listing = http_json(port, &format!("/files/browse?path={}", sandbox.display())).await;
+    let names: Vec<&str> = listing
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|f| f["path"].as_str().expect("path").rsplit('/').next().expect("name"))
+        .collect();
+    assert_eq!(names, ["stderr", "stdout", "tmp"]);
+    let out = &listing[1];
+    assert_eq!(out["size"], 3);
+    assert_eq!(out["mode"], "-rw-r--r--");
+    assert_eq!(out["uid"], "root");
+    assert_eq!(listing[2]["mode"], "drwxrwxrwt", "the task's /tmp");
+    let (status, _) = http_get(port, &format!("/files/browse?path={}", stdout.display())).await;
+    assert_eq!(status, 400, "a file is not browsed");
+    assert_eq!(http_get(port, "/files/browse?path=/etc").await.0, 403);
+
+    // /monitor/statistics: a running task's cgroup figures under Mesos' names.
+    session.send(shell_task("busy", "while :; do :; done")).await;
+    session.expect("busy", TaskState::TaskRunning).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stats = http_json(port, "/monitor/statistics").await;
+    let entry = stats
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|e| e["executor_id"] == "busy")
+        .unwrap_or_else(|| panic!("no entry for the running task: {stats}"));
+    assert_eq!(entry["framework_id"], "fw-1");
+    let st = &entry["statistics"];
+    assert_eq!(st["cpus_limit"], 0.1);
+    assert_eq!(st["mem_limit_bytes"], 32 * 1024 * 1024);
+    assert!(st["cpus_user_time_secs"].as_f64().expect("user time") > 0.0, "{st}");
+    assert!(st["processes"].as_u64().expect("processes") >= 2, "init and the loop: {st}");
+    assert!(st["timestamp"].as_f64().expect("timestamp") > 1.7e9);
+    session.send(kill("busy", Duration::from_secs(1))).await;
+    session.expect("busy", TaskState::TaskKilled).await;
+
     let cgroup = agent.cgroup.clone();
     agent.stop().await.expect("a clean stop");
     assert!(!cgroup.exists(), "the agent removes its cgroup");
