@@ -1,6 +1,6 @@
 //! The agent's HTTP API (a subset of Mesos' agent endpoints): `/health`, `/state` (also as
 //! `/slave(1)/state`), `/files/browse`, `/files/read`, `/files/download` and
-//! `/monitor/statistics`. Handlers are thin: state comes from the core's task table (read
+//! `/monitor/statistics`, `/metrics/snapshot`. Handlers are thin: state comes from the core's task table (read
 //! under its lock, never across an await), files from the work directory only, statistics
 //! from each container's cgroup files.
 #![forbid(unsafe_code)]
@@ -19,6 +19,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use corral_wire::mesos::is_terminal;
+use corral_wire::mesos::v1::TaskState;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -57,6 +58,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/files/read", get(files_read))
         .route("/files/read.json", get(files_read))
         .route("/monitor/statistics", get(monitor_statistics))
+        .route("/metrics/snapshot", get(metrics_snapshot))
         .route("/monitor/statistics.json", get(monitor_statistics))
         .route("/files/download", get(files_download))
         .with_state(state)
@@ -425,6 +427,49 @@ async fn monitor_statistics(State(s): State<Arc<HttpState>>) -> Response {
         Ok(v) => axum::Json(v).into_response(),
         Err(e) => FilesError::Internal(e.to_string()).into_response(),
     }
+}
+
+/// `/metrics/snapshot`: Mesos' agent metric names where the same quantity exists here.
+pub fn metrics_json(core: &Core) -> Value {
+    let mut o = serde_json::Map::new();
+    let mut put = |k: &str, v: f64| {
+        o.insert(format!("slave/{k}"), json!(v));
+    };
+    put("registered", if core.is_registered() { 1.0 } else { 0.0 });
+    let live: Vec<&TaskRecord> = core.tasks().filter(|t| !is_terminal(t.state)).collect();
+    let count =
+        |s: TaskState| core.tasks().chain(core.completed()).filter(|t| t.state == s).count() as f64;
+    for (name, state) in [
+        ("staging", TaskState::TaskStaging),
+        ("starting", TaskState::TaskStarting),
+        ("running", TaskState::TaskRunning),
+        ("killing", TaskState::TaskKilling),
+        ("finished", TaskState::TaskFinished),
+        ("failed", TaskState::TaskFailed),
+        ("killed", TaskState::TaskKilled),
+        ("lost", TaskState::TaskLost),
+        ("gone", TaskState::TaskGone),
+    ] {
+        put(&format!("tasks_{name}"), count(state));
+    }
+    put("executors_running", live.iter().filter(|t| t.container_id.is_some()).count() as f64);
+    let total = &core.registration().resources;
+    let mut used = corral_wire::resources::Resources::new();
+    for t in &live {
+        used.add(&t.spec.resources.scalars_only());
+    }
+    for r in ["cpus", "mem", "disk", "gpus"] {
+        let (t, u) = (total.scalar(r).as_f64(), used.scalar(r).as_f64());
+        put(&format!("{r}_total"), t);
+        put(&format!("{r}_used"), u);
+        put(&format!("{r}_percent"), if t > 0.0 { u / t } else { 0.0 });
+    }
+    Value::Object(o)
+}
+
+async fn metrics_snapshot(State(s): State<Arc<HttpState>>) -> Response {
+    let body = metrics_json(&lock(&s.core));
+    axum::Json(body).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -640,6 +640,14 @@ async fn exit_status_sandbox_and_http() {
     assert!(st["cpus_user_time_secs"].as_f64().expect("user time") > 0.0, "{st}");
     assert!(st["processes"].as_u64().expect("processes") >= 2, "init and the loop: {st}");
     assert!(st["timestamp"].as_f64().expect("timestamp") > 1.7e9);
+    // /metrics/snapshot: Mesos' agent names.
+    let m = http_json(port, "/metrics/snapshot").await;
+    assert_eq!(m["slave/registered"], 1.0);
+    assert_eq!(m["slave/tasks_running"], 1.0);
+    assert_eq!(m["slave/tasks_failed"], 1.0, "t1, forgotten but counted: {m}");
+    assert_eq!(m["slave/executors_running"], 1.0);
+    assert_eq!(m["slave/cpus_total"], 3.0);
+    assert_eq!(m["slave/cpus_used"], 0.1);
     session.send(kill("busy", Duration::from_secs(1))).await;
     session.expect("busy", TaskState::TaskKilled).await;
 
