@@ -175,11 +175,10 @@ impl IntoResponse for FilesError {
     }
 }
 
-/// Opens `path` for reading if it resolves (symlinks and `..` included) to a regular file
-/// inside `work_dir` (canonical). A relative path is taken relative to `work_dir`.
-pub fn open_inside(work_dir: &Path, path: &str) -> Result<(fs::File, u64), FilesError> {
-    let full = work_dir.join(path);
-    let canonical = match full.canonicalize() {
+/// `path` resolved (symlinks and `..` included; relative to `work_dir` unless absolute) if it
+/// exists and lies inside `work_dir` (canonical).
+fn resolve_inside(work_dir: &Path, path: &str) -> Result<PathBuf, FilesError> {
+    let canonical = match work_dir.join(path).canonicalize() {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FilesError::NotFound),
         Err(_) => return Err(FilesError::Forbidden),
@@ -187,6 +186,13 @@ pub fn open_inside(work_dir: &Path, path: &str) -> Result<(fs::File, u64), Files
     if !canonical.starts_with(work_dir) {
         return Err(FilesError::Forbidden);
     }
+    Ok(canonical)
+}
+
+/// Opens `path` for reading if it resolves (symlinks and `..` included) to a regular file
+/// inside `work_dir` (canonical). A relative path is taken relative to `work_dir`.
+pub fn open_inside(work_dir: &Path, path: &str) -> Result<(fs::File, u64), FilesError> {
+    let canonical = resolve_inside(work_dir, path)?;
     // O_NOFOLLOW: a last component swapped for a symlink since canonicalize is refused.
     let file =
         fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&canonical).map_err(
@@ -255,15 +261,7 @@ struct BrowseQuery {
 /// `/files/browse`: the entries of a directory inside the work dir, as Mesos' `FileInfo`
 /// JSON (`path`, `nlink`, `size`, `mtime`, `mode` as `ls -l` shows it, `uid`, `gid` as names).
 fn browse(work_dir: &Path, path: &str) -> Result<Value, FilesError> {
-    let full = work_dir.join(path);
-    let canonical = match full.canonicalize() {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(FilesError::NotFound),
-        Err(_) => return Err(FilesError::Forbidden),
-    };
-    if !canonical.starts_with(work_dir) {
-        return Err(FilesError::Forbidden);
-    }
+    let canonical = resolve_inside(work_dir, path)?;
     if !canonical.is_dir() {
         return Err(FilesError::BadRequest("Cannot browse a file".into()));
     }
