@@ -137,6 +137,21 @@ case_memory_oom() {
   NOTE="exit $RC"
 }
 
+case_limit_files() {
+  # The task reads its own cgroup's interface files: what the agent wrote for --cpus 0.5
+  # --mem 64 and --pids-max 64.
+  fg_run files 60 --cpus 0.5 --mem 64 --shell -- \
+    'd=/sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup); for f in cpu.max cpu.weight memory.max memory.swap.max memory.oom.group pids.max; do echo "$f=$(cat $d/$f)"; done' ||
+    fail "corral run did not end in 60 s: $(tail_of /tmp/files.err)" || return 1
+  [ "$RC" = 0 ] || fail "exit $RC: $(tail_of /tmp/files.err)" || return 1
+  for want in 'cpu.max=50000 100000' cpu.weight=50 memory.max=67108864 memory.swap.max=0 \
+    memory.oom.group=1 pids.max=64; do
+    grep -qxF "$want" /tmp/files.out || fail "no '$want' in: $(tail_of /tmp/files.out 6)" ||
+      return 1
+  done
+  NOTE="$(tr '\n' ' ' </tmp/files.out)"
+}
+
 limit_hit() { [ "$(stat_field "$1/pids.events" max)" -gt 0 ] 2>/dev/null; }
 
 case_pids_fork_bomb() {
@@ -317,8 +332,8 @@ setup() {
 read -r T0 _ </proc/uptime
 if setup; then
   echo "== cluster up after $(since "$T0")s"
-  for c in memory_oom pids_fork_bomb cpu_half kill_grace_then_cgroup_kill pid_namespace \
-    unknown_user no_leftovers; do
+  for c in limit_files memory_oom pids_fork_bomb cpu_half kill_grace_then_cgroup_kill \
+    pid_namespace unknown_user no_leftovers; do
     run_case "$c"
   done
 else
