@@ -378,12 +378,15 @@ impl Master {
             call::Type::UpdateFramework => {
                 return self.update_framework(&fid, call.update_framework.unwrap_or_default());
             }
+            call::Type::ReconcileOperations => {
+                let r = call.reconcile_operations.unwrap_or_default();
+                self.reconcile_operations(&fid, r);
+            }
             call::Type::Message
             | call::Type::Request
             | call::Type::AcceptInverseOffers
             | call::Type::DeclineInverseOffers
-            | call::Type::AcknowledgeOperationStatus
-            | call::Type::ReconcileOperations => {
+            | call::Type::AcknowledgeOperationStatus => {
                 // Accepted and ignored: there are no custom executors, inverse offers or
                 // offer operations with feedback yet.
                 tracing::debug!(framework = %fid, call = ?t, "call accepted without effect");
@@ -773,6 +776,40 @@ impl Master {
     }
 
     /// Implicit (`tasks` empty) or explicit reconciliation, answered as Mesos does.
+    /// RECONCILE_OPERATIONS: no offer operation with feedback exists yet, so implicit
+    /// reconciliation has nothing to send, and every operation asked about explicitly gets an
+    /// UPDATE_OPERATION_STATUS: OPERATION_UNREACHABLE on an unreachable agent, else
+    /// OPERATION_UNKNOWN (as Mesos answers for operations it does not know). No uuid: nothing
+    /// to acknowledge.
+    fn reconcile_operations(&mut self, fid: &str, r: call::ReconcileOperations) {
+        use v1::OperationState as S;
+        for op in r.operations {
+            let agent = op.agent_id.as_ref().and_then(|a| self.agents.get(&a.value));
+            let (state, message) = match agent {
+                Some(a) if a.state == super::AgentState::Unreachable => {
+                    (S::OperationUnreachable, "Reconciliation: Agent is unreachable")
+                }
+                _ => (S::OperationUnknown, "Reconciliation: Operation is unknown"),
+            };
+            let status = v1::OperationStatus {
+                operation_id: Some(op.operation_id),
+                state: state as i32,
+                message: Some(message.into()),
+                agent_id: op.agent_id,
+                resource_provider_id: op.resource_provider_id,
+                ..Default::default()
+            };
+            let event = v1::scheduler::Event {
+                r#type: Some(v1::scheduler::event::Type::UpdateOperationStatus as i32),
+                update_operation_status: Some(v1::scheduler::event::UpdateOperationStatus {
+                    status,
+                }),
+                ..Default::default()
+            };
+            self.send_event(fid, event);
+        }
+    }
+
     fn reconcile(&mut self, fid: &str, tasks: Vec<(String, Option<String>)>) {
         use v1::task_status::Reason::Reconciliation as R;
         let fw = &self.frameworks[fid];

@@ -741,3 +741,43 @@ fn reregistering_with_outstanding_offers_rescinds_them_once() {
         "held exactly once"
     );
 }
+
+#[test]
+fn operation_reconciliation_answers_unknown_or_unreachable() {
+    let mut m = master();
+    let agent = add_agent(&mut m, t(0), 1, "cpus:1;mem:128");
+    let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
+    drain(&mut m);
+    let reconcile = |ops: Vec<(&str, Option<&str>)>| Call {
+        framework_id: fid_of(&fid),
+        r#type: Some(call::Type::ReconcileOperations as i32),
+        reconcile_operations: Some(call::ReconcileOperations {
+            operations: ops
+                .into_iter()
+                .map(|(id, agent)| call::reconcile_operations::Operation {
+                    operation_id: v1::OperationId { value: id.into() },
+                    agent_id: agent.map(|a| v1::AgentId { value: a.into() }),
+                    resource_provider_id: None,
+                })
+                .collect(),
+        }),
+        ..Default::default()
+    };
+    // Implicit: no operations exist, nothing to say.
+    assert!(events_on(&call_ok(&mut m, t(1), 10, reconcile(vec![])), 10).is_empty());
+    // Explicit: each one answered, without a uuid.
+    let cmds = call_ok(&mut m, t(1), 10, reconcile(vec![("op1", Some(&agent)), ("op2", None)]));
+    let statuses: Vec<v1::OperationStatus> = events_on(&cmds, 10)
+        .into_iter()
+        .map(|e| {
+            assert_eq!(e.r#type(), event::Type::UpdateOperationStatus);
+            e.update_operation_status.unwrap().status
+        })
+        .collect();
+    assert_eq!(statuses.len(), 2);
+    assert_eq!(statuses[0].operation_id.as_ref().unwrap().value, "op1");
+    assert_eq!(statuses[0].state(), v1::OperationState::OperationUnknown);
+    assert_eq!(statuses[0].agent_id.as_ref().unwrap().value, agent);
+    assert_eq!(statuses[1].state(), v1::OperationState::OperationUnknown);
+    assert!(statuses.iter().all(|s| s.uuid.is_none()));
+}
