@@ -780,4 +780,16 @@ fn operation_reconciliation_answers_unknown_or_unreachable() {
     assert_eq!(statuses[0].agent_id.as_ref().unwrap().value, agent);
     assert_eq!(statuses[1].state(), v1::OperationState::OperationUnknown);
     assert!(statuses.iter().all(|s| s.uuid.is_none()));
+    // The agent stops answering pings: its operations are unreachable.
+    let mut now = 1.0;
+    while m.agents()[&agent].state != AgentState::Unreachable {
+        assert!(now < 10.0, "the agent never became unreachable");
+        now += 0.25;
+        m.handle_timeout(t(now));
+        drain(&mut m);
+    }
+    let cmds = call_ok(&mut m, t(now), 10, reconcile(vec![("op1", Some(&agent))]));
+    let e = events_on(&cmds, 10).pop().expect("an answer");
+    let status = e.update_operation_status.unwrap().status;
+    assert_eq!(status.state(), v1::OperationState::OperationUnreachable);
 }
