@@ -280,18 +280,7 @@ fn a_task_runs_on_the_cluster_and_its_sandbox_is_readable() {
         return;
     }
     let cluster = Cluster::start(ClusterOptions::default());
-    let out = std::process::Command::new(corral_tests::corral_bin())
-        .args([
-            "run",
-            "--master",
-            cluster.master_addr().host_port(),
-            "--",
-            "sh",
-            "-c",
-            "echo hello; echo oops >&2",
-        ])
-        .output()
-        .unwrap();
+    let out = corral_tests::corral_run(&cluster, &["sh", "-c", "echo hello; echo oops >&2"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");

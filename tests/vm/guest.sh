@@ -103,6 +103,24 @@ new_cgroup() {
   echo "$CG/$_new"
 }
 
+# start_in_cgroup NAME SECS ARGS...: bg_run NAME ARGS..., waits until it is RUNNING, then SECS
+# more, and sets `dir` to its (single new) task cgroup; on failure WHY is set and the task is
+# interrupted.
+start_in_cgroup() {
+  _name=$1
+  _settle=$2
+  shift 2
+  _before=$(task_cgroups)
+  bg_run "$_name" "$@" || fail "corral run did not start" || return 1
+  wait_running "$_name" || fail "not RUNNING: $(tail_of "/tmp/$_name.err")" || return 1
+  sleep "$_settle"
+  dir=$(new_cgroup "$_before") || {
+    interrupt "$_name"
+    fail "no single new task cgroup under $CG: $(task_cgroups | tr '\n' ' ')"
+    return 1
+  }
+}
+
 stat_field() { awk -v k="$2" '$1 == k {print $2}' "$1"; }
 
 # run_case NAME: runs case_NAME; it sets WHY when it fails and may set NOTE when it passes.
@@ -177,16 +195,8 @@ case_pids_fork_bomb() {
   [ "$limit" -le 64 ] || fail "pids.max is $limit, want <= 64: not running the bomb" || return 1
   wait_until 20 sh -c "[ ! -d '$dir' ]"
 
-  before=$(task_cgroups)
-  bg_run bomb --mem 64 --shell -- 'bomb() { bomb | bomb & }; bomb; sleep 1000' ||
-    fail "corral run did not start" || return 1
-  wait_running bomb || fail "not RUNNING: $(tail_of /tmp/bomb.err)" || return 1
-  sleep 3
-  dir=$(new_cgroup "$before") || {
-    interrupt bomb
-    fail "no single new task cgroup under $CG: $(task_cgroups | tr '\n' ' ')"
+  start_in_cgroup bomb 3 --mem 64 --shell -- 'bomb() { bomb | bomb & }; bomb; sleep 1000' ||
     return 1
-  }
   [ "$limited" = "$CG" ] || limited=$dir
   # The bomb forks at the task's 0.1 cpus, slowly under TCG: give it time to reach the limit.
   wait_until 30 limit_hit "$limited"
@@ -209,16 +219,7 @@ case_pids_fork_bomb() {
 }
 
 case_cpu_half() {
-  before=$(task_cgroups)
-  bg_run spin --cpus 0.5 --shell -- 'while :; do :; done' || fail "corral run did not start" ||
-    return 1
-  wait_running spin || fail "not RUNNING: $(tail_of /tmp/spin.err)" || return 1
-  sleep 1
-  dir=$(new_cgroup "$before") || {
-    interrupt spin
-    fail "no single new task cgroup under $CG: $(task_cgroups | tr '\n' ' ')"
-    return 1
-  }
+  start_in_cgroup spin 1 --cpus 0.5 --shell -- 'while :; do :; done' || return 1
   u0=$(stat_field "$dir/cpu.stat" usage_usec)
   read -r t0 _ </proc/uptime
   sleep 3

@@ -597,14 +597,21 @@ fn teardown_removes_at_once() {
     assert!(to_agent(&cmds, 1).contains(&MasterMessage::ShutdownFramework { framework_id: fid }));
 }
 
-#[test]
-fn kill_and_reconcile() {
+/// A master with one agent (conn 1) and one framework (stream 10) whose task `t1` is
+/// RUNNING; returns (master, agent id, framework id).
+fn one_running_task() -> (Master, String, String) {
     let mut m = master();
     let agent = add_agent(&mut m, t(0), 1, "cpus:1;mem:128");
     let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
     launch_one(&mut m, &fid, 10, "t1");
     m.agent_message(t(1), 1, status(&fid, "t1", TaskState::TaskRunning, 1));
     drain(&mut m);
+    (m, agent, fid)
+}
+
+#[test]
+fn kill_and_reconcile() {
+    let (mut m, agent, fid) = one_running_task();
     let kill = |task: &str, agent: Option<&str>| Call {
         framework_id: fid_of(&fid),
         r#type: Some(call::Type::Kill as i32),
@@ -652,12 +659,7 @@ fn kill_and_reconcile() {
 
 #[test]
 fn reregistration_keeps_reported_tasks_and_their_resources() {
-    let mut m = master();
-    let agent = add_agent(&mut m, t(0), 1, "cpus:1;mem:128");
-    let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
-    launch_one(&mut m, &fid, 10, "t1");
-    m.agent_message(t(1), 1, status(&fid, "t1", TaskState::TaskRunning, 1));
-    drain(&mut m);
+    let (mut m, agent, fid) = one_running_task();
     m.agent_disconnected(t(2), 1);
     assert_eq!(m.agents()[&agent].state, AgentState::Disconnected);
     let mut reg = registration(Some(&agent), "cpus:1;mem:128");
