@@ -7,7 +7,14 @@ use prost::Message as _;
 
 fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let files = ["mesos/v1/mesos.proto", "mesos/v1/scheduler/scheduler.proto"];
+    let files = [
+        "mesos/v1/mesos.proto",
+        "mesos/v1/scheduler/scheduler.proto",
+        "mesos/v1/master/master.proto",
+        "mesos/v1/quota/quota.proto",
+        "mesos/v1/maintenance/maintenance.proto",
+        "mesos/v1/allocator/allocator.proto",
+    ];
     let fds = match protox::compile(files, ["proto"]) {
         Ok(fds) => fds,
         Err(e) => panic!("compiling the Mesos v1 schema failed: {e:?}"),

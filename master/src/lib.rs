@@ -10,4 +10,4 @@
 pub mod core;
 pub mod shell;
 
-pub use shell::{MasterArgs, run};
+pub use shell::{MasterArgs, logging, run};

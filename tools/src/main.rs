@@ -58,6 +58,34 @@ pub fn parse_master(s: &str) -> Result<MasterAddr, String> {
     s.parse::<MasterAddr>().map_err(|e| e.to_string())
 }
 
+/// Logs to stderr through `filter`, reloadable so that the operator API's SET_LOGGING_LEVEL
+/// can raise the verbosity for a while (1: debug, 2 and more: trace; 0: `filter` again).
+fn init_logging(filter: &str) {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::{EnvFilter, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    let base = filter.to_string();
+    let make = move |level: u32| -> EnvFilter {
+        let spec = match level {
+            0 => base.clone(),
+            1 => format!("{base},debug"),
+            _ => format!("{base},trace"),
+        };
+        EnvFilter::try_new(&spec).unwrap_or_else(|_| EnvFilter::new("info"))
+    };
+    let (layer, reload) = tracing_subscriber::reload::Layer::new(make(0));
+    tracing_subscriber::registry()
+        .with(layer)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
+        .init();
+    corral_master::logging::install(move |level| {
+        reload.reload(make(level)).map_err(|e| format!("cannot change the log filter: {e}"))
+    });
+}
+
 fn main() -> ExitCode {
     // The per-task init runs before anything else: no runtime, no logging setup.
     if std::env::args_os().nth(1).as_deref() == Some(OsStr::new(corral_agent::TASK_INIT_ARG)) {
@@ -71,14 +99,7 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Bench(_)) && cli.log == "info" {
         cli.log = "warn".into();
     }
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging(&cli.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -17,6 +17,7 @@
 //! a method here, so a replicated registry and leader epochs can wrap these inputs later.
 
 pub mod allocator;
+mod operator;
 mod scheduler;
 pub mod time;
 
@@ -31,6 +32,7 @@ use corral_wire::proto::{
 use corral_wire::resources::Resources;
 
 pub use self::allocator::{Allocator, AllocatorConfig};
+pub use self::operator::{Drain, OperatorResponse, operator_heartbeat, validate_operator_call};
 pub use self::scheduler::{CallError, CallResponse, heartbeat_event, validate_call};
 pub use self::time::Time;
 
@@ -131,6 +133,8 @@ pub enum Command {
     SendEvent { stream: StreamId, event: Event },
     /// End a framework's stream (after any events queued before it).
     CloseStream { stream: StreamId },
+    /// Write an operator API event to one operator stream, or (`None`) to every one.
+    OperatorEvent { stream: Option<StreamId>, event: v1::master::Event },
 }
 
 /// An agent's connection state.
@@ -165,6 +169,9 @@ pub struct Agent {
     /// (framework, task) of tasks on it.
     pub tasks: BTreeSet<(String, String)>,
     pub offers: BTreeSet<String>,
+    /// Deactivated by the operator (DEACTIVATE_AGENT or DRAIN_AGENT): not offered.
+    pub deactivated: bool,
+    pub drain: Option<Drain>,
 }
 
 impl Agent {
@@ -378,6 +385,12 @@ pub struct Master {
     next_framework: u64,
     next_agent: u64,
     next_offer: u64,
+    /// Role weights, configured and updated through the operator API.
+    weights: BTreeMap<String, f64>,
+    /// Live operator API event streams.
+    operator_streams: BTreeSet<StreamId>,
+    /// Agents marked gone: they may never register again.
+    gone_agents: BTreeSet<String>,
     pub metrics: Metrics,
 }
 
@@ -405,7 +418,9 @@ impl Master {
         for (role, w) in &config.weights {
             allocator.set_weight(role, *w);
         }
+        let weights = config.weights.iter().cloned().collect();
         Master {
+            weights,
             config,
             identity,
             start_time: now,
@@ -422,6 +437,8 @@ impl Master {
             next_framework: 0,
             next_agent: 0,
             next_offer: 0,
+            operator_streams: BTreeSet::new(),
+            gone_agents: BTreeSet::new(),
             metrics: Metrics::default(),
         }
     }
@@ -572,6 +589,11 @@ impl Master {
         {
             return refuse(self, format!("invalid agent id '{id}'"));
         }
+        if let Some(id) = &reg.agent_id
+            && self.gone_agents.contains(id)
+        {
+            return refuse(self, format!("Agent {id} has been marked gone"));
+        }
         if let Some(old) = self.conns.get(&conn) {
             // A second Register on the same connection: treat as re-registration.
             tracing::debug!(agent = %old, "agent re-sent its registration");
@@ -627,6 +649,8 @@ impl Master {
             ping: Ping { due: ping_due, outstanding: None, missed: 0, seq: 0 },
             tasks: BTreeSet::new(),
             offers: BTreeSet::new(),
+            deactivated: previous.as_ref().is_some_and(|p| p.deactivated),
+            drain: previous.as_ref().and_then(|p| p.drain.clone()),
         };
         let known: BTreeSet<(String, String)> =
             previous.as_ref().map(|p| p.tasks.clone()).unwrap_or_default();
@@ -634,6 +658,8 @@ impl Master {
         let mut used: Vec<(String, String, Resources)> = Vec::new();
         let mut reported = BTreeSet::new();
         let mut kill = Vec::new();
+        let mut added_frameworks = Vec::new();
+        let mut added_tasks = Vec::new();
         for report in &reports {
             let key = (report.framework_id.clone(), report.task.task_id.clone());
             reported.insert(key.clone());
@@ -652,6 +678,7 @@ impl Master {
                 // A framework this master has not seen (it restarted): recovered from the
                 // agent's report, inactive until it subscribes.
                 self.allocator.add_framework(&key.0, &["*".to_string()], &[], false);
+                added_frameworks.push(key.0.clone());
             }
             let fw = self.frameworks.entry(key.0.clone()).or_insert_with(|| {
                 let info = v1::FrameworkInfo {
@@ -674,6 +701,11 @@ impl Master {
                 .or_else(|| fw.unreachable_tasks.get(&key.1))
                 .map(|t| t.role.clone())
                 .unwrap_or_else(|| fw.roles.first().cloned().unwrap_or_else(|| "*".into()));
+            let known_task =
+                fw.unreachable_tasks.contains_key(&key.1) || fw.tasks.contains_key(&key.1);
+            if !known_task {
+                added_tasks.push(key.clone());
+            }
             let mut task =
                 fw.unreachable_tasks.remove(&key.1).or_else(|| fw.tasks.remove(&key.1)).unwrap_or(
                     Task {
@@ -702,9 +734,22 @@ impl Master {
         for key in known.difference(&reported) {
             gone.push(key.clone());
         }
+        let deactivated = agent.deactivated;
         self.agents.insert(id.clone(), agent);
         self.allocator.add_agent(&id, self.agents[&id].total().clone(), &used);
+        if deactivated {
+            self.allocator.deactivate_agent(&id);
+        }
         self.schedule(ping_due, Timer::AgentPing(id.clone()));
+        if previous.is_none() || was_unreachable {
+            self.emit_agent_added(&id);
+        }
+        for fid in added_frameworks {
+            self.emit_framework(&fid, true);
+        }
+        for (fid, tid) in added_tasks {
+            self.emit_task_added(&fid, &tid);
+        }
         for (fid, tid) in gone {
             let state = self.frameworks.get(&fid).map(|f| f.lost(v1::TaskState::TaskGone));
             if let Some(state) = state {
@@ -723,6 +768,7 @@ impl Master {
                 MasterMessage::KillTask { framework_id: fid, task_id: tid, grace_period_ns: None },
             );
         }
+        self.check_drained(&id);
         tracing::info!(agent = %id, reregister, "agent registered");
         self.commands.push_back(Command::SendAgent {
             conn,
@@ -800,8 +846,9 @@ impl Master {
                 push_status(&mut task, status.clone());
                 fw.unreachable_tasks.insert(tid.clone(), task);
             }
-            self.send_event(&fid, update_event(status));
+            self.send_update(&fid, status);
         }
+        self.emit(|_| operator::agent_removed(id));
         // Tell every framework the agent is lost (Mesos' FAILURE with only agent_id).
         let failure = Event {
             r#type: Some(v1::scheduler::event::Type::Failure as i32),
@@ -856,10 +903,12 @@ impl Master {
         let fw = self.frameworks.get_mut(&update.framework_id).expect("checked above");
         let task = fw.tasks.get_mut(&update.task_id);
         let mut released = None;
+        let mut changed = false;
         match task {
             Some(task) => {
                 let was_terminal = is_terminal(task.state);
                 if !was_terminal {
+                    changed = task.state != state;
                     task.state = state;
                 }
                 if task.latest_uuid.as_deref() != Some(&update.uuid[..]) {
@@ -886,6 +935,9 @@ impl Master {
                 &resources,
                 None,
             );
+        }
+        if changed {
+            self.emit_task_updated(&update.framework_id, &status);
         }
         self.send_event(&update.framework_id, update_event(status));
     }
@@ -935,7 +987,8 @@ impl Master {
         if release {
             self.allocator.recover(self.now, framework_id, &agent, &role, &resources, None);
         }
-        self.send_event(framework_id, update_event(status));
+        self.send_update(framework_id, status);
+        self.check_drained(&agent);
     }
 
     // -- offers -----------------------------------------------------------------------------------
@@ -949,41 +1002,18 @@ impl Master {
             self.next_offer += 1;
             let Some(agent) = self.agents.get_mut(&d.agent) else { continue };
             agent.offers.insert(id.clone());
-            let reg = &agent.registration;
-            let offer = v1::Offer {
-                id: v1::OfferId::from_str(&id),
-                framework_id: v1::FrameworkId::from_str(&d.framework),
-                agent_id: v1::AgentId::from_str(&d.agent),
-                hostname: reg.hostname.clone(),
-                url: Some(v1::Url {
-                    scheme: "http".into(),
-                    address: v1::Address {
-                        hostname: Some(reg.hostname.clone()),
-                        ip: Some(reg.http_address.clone()),
-                        port: i32::from(reg.http_port),
-                    },
-                    path: Some("/slave(1)".into()),
-                    query: Vec::new(),
-                    fragment: None,
-                }),
-                resources: d.resources.to_mesos(Some(&d.role)),
-                attributes: reg.attributes.iter().map(attribute_to_mesos).collect(),
-                allocation_info: Some(v1::resource::AllocationInfo { role: Some(d.role.clone()) }),
-                ..Default::default()
+            let record = Offer {
+                id: id.clone(),
+                framework_id: d.framework.clone(),
+                agent_id: d.agent,
+                role: d.role,
+                resources: d.resources,
             };
+            let offer = self.offer_proto(&record);
             if let Some(fw) = self.frameworks.get_mut(&d.framework) {
                 fw.offers.insert(id.clone());
             }
-            self.offers.insert(
-                id.clone(),
-                Offer {
-                    id,
-                    framework_id: d.framework.clone(),
-                    agent_id: d.agent,
-                    role: d.role,
-                    resources: d.resources,
-                },
-            );
+            self.offers.insert(id, record);
             by_framework.entry(d.framework).or_default().push(offer);
         }
         for (fid, offers) in by_framework {
@@ -996,6 +1026,35 @@ impl Master {
                     ..Default::default()
                 },
             );
+        }
+    }
+
+    /// An outstanding offer as its framework sees it.
+    pub fn offer_proto(&self, o: &Offer) -> v1::Offer {
+        let reg = self.agents.get(&o.agent_id).map(|a| &a.registration);
+        let hostname = reg.map(|r| r.hostname.clone()).unwrap_or_default();
+        v1::Offer {
+            id: v1::OfferId::from_str(&o.id),
+            framework_id: v1::FrameworkId::from_str(&o.framework_id),
+            agent_id: v1::AgentId::from_str(&o.agent_id),
+            hostname: hostname.clone(),
+            url: reg.map(|reg| v1::Url {
+                scheme: "http".into(),
+                address: v1::Address {
+                    hostname: Some(hostname),
+                    ip: Some(reg.http_address.clone()),
+                    port: i32::from(reg.http_port),
+                },
+                path: Some("/slave(1)".into()),
+                query: Vec::new(),
+                fragment: None,
+            }),
+            resources: o.resources.to_mesos(Some(&o.role)),
+            attributes: reg
+                .map(|r| r.attributes.iter().map(attribute_to_mesos).collect())
+                .unwrap_or_default(),
+            allocation_info: Some(v1::resource::AllocationInfo { role: Some(o.role.clone()) }),
+            ..Default::default()
         }
     }
 
@@ -1065,6 +1124,9 @@ impl Master {
     /// A framework's event stream ended (the HTTP connection closed).
     pub fn stream_closed(&mut self, now: Time, stream: StreamId) {
         self.now = now;
+        if self.operator_streams.remove(&stream) {
+            return;
+        }
         let Some(fid) = self.streams.remove(&stream) else { return };
         let Some(fw) = self.frameworks.get_mut(&fid) else { return };
         if fw.stream.as_ref().map(|s| s.id) != Some(stream) {
@@ -1086,7 +1148,8 @@ impl Master {
         for o in offers {
             self.remove_offer(&o, true);
         }
-        self.schedule(deadline, Timer::FrameworkFailover(fid));
+        self.schedule(deadline, Timer::FrameworkFailover(fid.clone()));
+        self.emit_framework(&fid, false);
     }
 
     /// Removes a framework: kills its tasks, releases its resources, closes its stream.
@@ -1098,6 +1161,7 @@ impl Master {
         }
         let Some(mut fw) = self.frameworks.remove(id) else { return };
         let mut agents_with_tasks = BTreeSet::new();
+        let mut killed = Vec::new();
         let now = self.now;
         for (_, mut task) in std::mem::take(&mut fw.tasks) {
             agents_with_tasks.insert(task.agent_id.clone());
@@ -1114,7 +1178,8 @@ impl Master {
                     Some(&task.agent_id),
                     now,
                 );
-                push_status(&mut task, status);
+                push_status(&mut task, status.clone());
+                killed.push(status);
             }
             fw.completed_tasks.push_back(task);
         }
@@ -1126,6 +1191,7 @@ impl Master {
             fw.completed_tasks.pop_front();
         }
         self.allocator.remove_framework(id);
+        let touched: Vec<String> = agents_with_tasks.iter().cloned().collect();
         for agent in agents_with_tasks {
             self.send_agent(
                 &agent,
@@ -1137,9 +1203,17 @@ impl Master {
             self.commands.push_back(Command::CloseStream { stream: stream.id });
         }
         fw.unregistered_time = Some(now);
+        let info = fw.info.clone();
         self.completed_frameworks.push_back(fw);
         if self.completed_frameworks.len() > self.config.max_completed_frameworks {
             self.completed_frameworks.pop_front();
+        }
+        for status in killed {
+            self.emit_task_updated(id, &status);
+        }
+        self.emit_framework_removed(&info);
+        for a in touched {
+            self.check_drained(&a);
         }
     }
 }

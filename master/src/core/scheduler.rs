@@ -233,6 +233,7 @@ impl Master {
         };
         info.id = Some(v1::FrameworkId::from_str(&id));
         let stream_rec = Stream { id: stream, uuid: stream_uuid };
+        let added = !self.frameworks.contains_key(&id);
         match self.frameworks.get_mut(&id) {
             Some(fw) => {
                 tracing::info!(framework = %id, name = %info.name, "framework re-subscribed");
@@ -285,6 +286,7 @@ impl Master {
         };
         self.commands.push_back(Command::SendEvent { stream, event: subscribed });
         self.commands.push_back(Command::SendEvent { stream, event: heartbeat_event() });
+        self.emit_framework(&id, added);
     }
 
     /// Any call but SUBSCRIBE, already validated with [`validate_call`]. `stream_id` is the
@@ -440,6 +442,7 @@ impl Master {
         for o in stale {
             self.rescind_offer(&o);
         }
+        self.emit_framework(fid, false);
         Ok(CallResponse::Ok)
     }
 
@@ -638,6 +641,7 @@ impl Master {
         if let Some(a) = self.agents.get_mut(agent) {
             a.tasks.insert((fid.to_string(), run.task.task_id.clone()));
         }
+        self.emit_task_added(fid, &run.task.task_id);
         self.send_agent(agent, MasterMessage::RunTask(run));
     }
 
@@ -753,13 +757,15 @@ impl Master {
             self.metrics.valid_status_update_acknowledgements += 1;
             let terminal = fw.tasks.get(task_id).is_some_and(|t| is_terminal(t.state));
             if terminal && let Some(task) = fw.tasks.remove(task_id) {
-                if let Some(a) = self.agents.get_mut(&task.agent_id) {
+                let agent = task.agent_id.clone();
+                if let Some(a) = self.agents.get_mut(&agent) {
                     a.tasks.remove(&(fid.to_string(), task_id.to_string()));
                 }
                 fw.completed_tasks.push_back(task);
                 if fw.completed_tasks.len() > self.config.max_completed_tasks_per_framework {
                     fw.completed_tasks.pop_front();
                 }
+                self.check_drained(&agent);
             }
         } else {
             self.metrics.invalid_status_update_acknowledgements += 1;

@@ -795,3 +795,262 @@ fn operation_reconciliation_answers_unknown_or_unreachable() {
     let status = e.update_operation_status.unwrap().status;
     assert_eq!(status.state(), v1::OperationState::OperationUnreachable);
 }
+
+// -- operator API -----------------------------------------------------------------------------
+
+use corral_wire::mesos::v1::master as op;
+
+fn op_call(t: op::call::Type, fill: impl FnOnce(&mut op::Call)) -> op::Call {
+    let mut c = op::Call { r#type: Some(t as i32), ..Default::default() };
+    fill(&mut c);
+    super::operator::validate_operator_call(&c).unwrap();
+    c
+}
+
+fn op_events(cmds: &[Command]) -> Vec<op::Event> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::OperatorEvent { event, .. } => Some(event.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn op_types(cmds: &[Command]) -> Vec<op::event::Type> {
+    op_events(cmds).iter().map(|e| e.r#type()).collect()
+}
+
+#[test]
+fn operator_calls_are_validated_with_mesos_texts() {
+    let v = super::operator::validate_operator_call;
+    assert_eq!(v(&op::Call::default()).unwrap_err(), "Expecting 'type' to be present");
+    let c = op::Call { r#type: Some(op::call::Type::DrainAgent as i32), ..Default::default() };
+    assert_eq!(v(&c).unwrap_err(), "Expecting 'drain_agent' to be present");
+    let c = op::Call { r#type: Some(op::call::Type::GetMetrics as i32), ..Default::default() };
+    assert_eq!(v(&c).unwrap_err(), "Expecting 'get_metrics' to be present");
+    let c = op::Call { r#type: Some(op::call::Type::GetState as i32), ..Default::default() };
+    assert_eq!(v(&c), Ok(op::call::Type::GetState));
+}
+
+#[test]
+fn operator_stream_sees_subscribed_state_then_every_change() {
+    let (mut m, agent, fid) = one_running_task();
+    m.operator_subscribe(t(2), 99);
+    let cmds = drain(&mut m);
+    let events = op_events(&cmds);
+    assert_eq!(events[0].r#type(), op::event::Type::Subscribed);
+    assert_eq!(events[1].r#type(), op::event::Type::Heartbeat);
+    assert!(cmds.iter().all(|c| matches!(c, Command::OperatorEvent { stream: Some(99), .. })));
+    let state = events[0].subscribed.as_ref().unwrap().get_state.as_ref().unwrap();
+    let tasks = &state.get_tasks.as_ref().unwrap().tasks;
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].state(), TaskState::TaskRunning);
+    assert_eq!(
+        state.get_agents.as_ref().unwrap().agents[0].agent_info.id.as_ref().unwrap().value,
+        agent
+    );
+    assert_eq!(state.get_frameworks.as_ref().unwrap().frameworks[0].framework_info.name, "fw");
+
+    // A second framework, an agent, a task and its updates, each as it happens.
+    let sub = call::Subscribe { framework_info: framework_info("fw2", &[]), ..Default::default() };
+    m.subscribe(t(3), 11, "stream-11".into(), sub);
+    let cmds = drain_keep(&mut m);
+    assert_eq!(op_types(&cmds), vec![op::event::Type::FrameworkAdded]);
+    let fid2 = op_events(&cmds)[0]
+        .framework_added
+        .as_ref()
+        .unwrap()
+        .framework
+        .framework_info
+        .id
+        .clone()
+        .unwrap()
+        .value;
+    m.agent_message(t(3), 2, AgentMessage::Register(registration(None, "cpus:1;mem:128")));
+    let cmds = drain(&mut m);
+    assert!(op_types(&cmds).contains(&op::event::Type::AgentAdded), "{cmds:?}");
+    let offer = offers_on(&cmds, 11).remove(0);
+    let cmds = call_ok(&mut m, t(4), 11, launch_call(&fid2, &offer, "t2", "cpus:0.5;mem:64"));
+    let added = op_events(&cmds);
+    assert_eq!(added[0].r#type(), op::event::Type::TaskAdded);
+    assert_eq!(added[0].task_added.as_ref().unwrap().task.task_id.value, "t2");
+    m.agent_message(t(5), 1, status(&fid, "t1", TaskState::TaskFinished, 2));
+    let updated = op_events(&drain(&mut m));
+    assert_eq!(updated.len(), 1);
+    let u = updated[0].task_updated.as_ref().unwrap();
+    assert_eq!((u.framework_id.value.as_str(), u.state()), (fid.as_str(), TaskState::TaskFinished));
+    // The same update again (an agent retry) changes nothing: no event.
+    m.agent_message(t(5), 1, status(&fid, "t1", TaskState::TaskFinished, 2));
+    assert!(op_events(&drain(&mut m)).is_empty());
+    // Teardown: FRAMEWORK_REMOVED. Closing the stream stops the events.
+    let r = m.operator_call(
+        t(6),
+        op_call(op::call::Type::Teardown, |c| {
+            c.teardown =
+                Some(op::call::Teardown { framework_id: v1::FrameworkId { value: fid2.clone() } })
+        }),
+    );
+    assert_eq!(r, Ok(OperatorResponse::Ok));
+    let types = op_types(&drain(&mut m));
+    assert_eq!(types.last(), Some(&op::event::Type::FrameworkRemoved), "{types:?}");
+    assert!(types.contains(&op::event::Type::TaskUpdated), "t2 killed: {types:?}");
+    m.stream_closed(t(7), 99);
+    m.agent_message(t(7), 2, AgentMessage::Register(registration(None, "cpus:1;mem:128")));
+    assert!(op_events(&drain(&mut m)).is_empty());
+    // A teardown of an unknown framework is refused.
+    let r = m.operator_call(
+        t(8),
+        op_call(op::call::Type::Teardown, |c| {
+            c.teardown =
+                Some(op::call::Teardown { framework_id: v1::FrameworkId { value: "nope".into() } })
+        }),
+    );
+    assert_eq!(r, Err(CallError::BadRequest("No framework found with ID nope".into())));
+}
+
+fn agent_call(t: op::call::Type, agent: &str) -> op::Call {
+    let id = v1::AgentId { value: agent.into() };
+    op_call(t, |c| match t {
+        op::call::Type::DeactivateAgent => {
+            c.deactivate_agent = Some(op::call::DeactivateAgent { agent_id: id })
+        }
+        op::call::Type::ReactivateAgent => {
+            c.reactivate_agent = Some(op::call::ReactivateAgent { agent_id: id })
+        }
+        op::call::Type::MarkAgentGone => {
+            c.mark_agent_gone = Some(op::call::MarkAgentGone { agent_id: id })
+        }
+        _ => unreachable!(),
+    })
+}
+
+#[test]
+fn a_deactivated_agent_is_not_offered_until_reactivated() {
+    let mut m = master();
+    let agent = add_agent(&mut m, t(0), 1, "cpus:1;mem:128");
+    subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
+    assert_eq!(offers_on(&drain(&mut m), 10).len(), 1);
+    let r = m.operator_call(t(1), agent_call(op::call::Type::DeactivateAgent, &agent));
+    assert_eq!(r, Ok(OperatorResponse::Ok));
+    let cmds = drain(&mut m);
+    assert_eq!(events_on(&cmds, 10)[0].r#type(), event::Type::Rescind);
+    assert!(m.agents()[&agent].deactivated);
+    let got = m.get_agents();
+    assert!(!got.agents[0].active);
+    assert_eq!(got.agents[0].deactivated, Some(true));
+    // Still deactivated after its connection drops and it re-registers.
+    m.agent_disconnected(t(2), 1);
+    m.agent_message(t(2), 2, AgentMessage::Register(registration(Some(&agent), "cpus:1;mem:128")));
+    assert!(offers_on(&drain(&mut m), 10).is_empty());
+    let r = m.operator_call(t(3), agent_call(op::call::Type::ReactivateAgent, &agent));
+    assert_eq!(r, Ok(OperatorResponse::Ok));
+    assert_eq!(offers_on(&drain(&mut m), 10).len(), 1);
+    let again = m.operator_call(t(3), agent_call(op::call::Type::ReactivateAgent, &agent));
+    assert_eq!(again, Err(CallError::BadRequest(format!("Agent {agent} is not deactivated"))));
+    let unknown = m.operator_call(t(3), agent_call(op::call::Type::DeactivateAgent, "x-S9"));
+    assert_eq!(unknown, Err(CallError::BadRequest("Unknown agent".into())));
+}
+
+fn drain_call(agent: &str, grace_secs: Option<i64>, mark_gone: bool) -> op::Call {
+    op_call(op::call::Type::DrainAgent, |c| {
+        c.drain_agent = Some(op::call::DrainAgent {
+            agent_id: v1::AgentId { value: agent.into() },
+            max_grace_period: grace_secs.map(|s| prost_types::Duration { seconds: s, nanos: 0 }),
+            mark_gone: Some(mark_gone),
+        })
+    })
+}
+
+#[test]
+fn draining_kills_with_the_capped_grace_then_drained_after_the_ack_then_gone() {
+    let (mut m, agent, fid) = one_running_task();
+    m.operator_subscribe(t(2), 99);
+    drain(&mut m);
+    assert_eq!(m.operator_call(t(2), drain_call(&agent, Some(2), true)), Ok(OperatorResponse::Ok));
+    let cmds = drain(&mut m);
+    let kills: Vec<_> = to_agent(&cmds, 1)
+        .into_iter()
+        .filter_map(|msg| match msg {
+            MasterMessage::KillTask { task_id, grace_period_ns, .. } => {
+                Some((task_id, grace_period_ns))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kills, vec![("t1".to_string(), Some(2_000_000_000))]);
+    assert_eq!(m.agents()[&agent].drain.as_ref().unwrap().state, v1::DrainState::Draining);
+    assert!(offers_on(&cmds, 10).is_empty(), "a draining agent is not offered");
+    // TASK_KILLED arrives: still draining until the framework acknowledges it.
+    m.agent_message(t(3), 1, status(&fid, "t1", TaskState::TaskKilled, 7));
+    drain(&mut m);
+    assert_eq!(m.agents()[&agent].drain.as_ref().unwrap().state, v1::DrainState::Draining);
+    let mut uuid = vec![0x40u8; 16];
+    uuid[0] = 7;
+    let ack = Call {
+        framework_id: fid_of(&fid),
+        r#type: Some(call::Type::Acknowledge as i32),
+        acknowledge: Some(call::Acknowledge {
+            agent_id: v1::AgentId { value: agent.clone() },
+            task_id: v1::TaskId { value: "t1".into() },
+            uuid,
+        }),
+        ..Default::default()
+    };
+    let cmds = call_ok(&mut m, t(4), 10, ack);
+    // DRAINED, then (mark_gone) removed: AGENT_REMOVED, the agent refused and disconnected.
+    assert!(!m.agents().contains_key(&agent));
+    let types = op_types(&cmds);
+    assert_eq!(types.last(), Some(&op::event::Type::AgentRemoved), "{types:?}");
+    let drained = op_events(&cmds).into_iter().find_map(|e| e.agent_added).unwrap();
+    assert_eq!(drained.agent.drain_info.unwrap().state(), v1::DrainState::Drained);
+    assert!(to_agent(&cmds, 1).iter().any(|msg| matches!(msg, MasterMessage::Refused { .. })));
+    // It may never come back.
+    m.agent_message(t(5), 3, AgentMessage::Register(registration(Some(&agent), "cpus:1;mem:128")));
+    let cmds = drain(&mut m);
+    assert!(
+        matches!(&to_agent(&cmds, 3)[..], [MasterMessage::Refused { reason }] if reason.contains("marked gone")),
+        "{cmds:?}"
+    );
+}
+
+#[test]
+fn marking_an_agent_gone_ends_its_tasks_gone_by_operator_or_lost() {
+    let (mut m, agent, fid) = one_running_task();
+    let r = m.operator_call(t(2), agent_call(op::call::Type::MarkAgentGone, &agent));
+    assert_eq!(r, Ok(OperatorResponse::Ok));
+    let cmds = drain(&mut m);
+    let u = updates_on(&cmds, 10);
+    assert_eq!(u.len(), 1);
+    assert_eq!(u[0].state(), TaskState::TaskLost, "not partition aware: LOST");
+    assert_eq!(u[0].reason(), v1::task_status::Reason::AgentRemovedByOperator);
+    let msgs = to_agent(&cmds, 1);
+    assert!(
+        matches!(&msgs[0], MasterMessage::ShutdownFramework { framework_id } if *framework_id == fid)
+    );
+    assert!(matches!(&msgs[1], MasterMessage::Refused { .. }));
+    assert!(m.get_agents().agents.is_empty());
+    assert_eq!(m.allocator().total().scalar("cpus").as_f64(), 0.0);
+    let again = m.operator_call(t(3), agent_call(op::call::Type::MarkAgentGone, "x-S9"));
+    assert_eq!(again, Err(CallError::BadRequest("Agent x-S9 not found".into())));
+}
+
+#[test]
+fn weights_are_validated_updated_and_listed() {
+    let mut m = master();
+    let w = |role: &str, weight: f64| v1::WeightInfo { weight, role: Some(role.into()) };
+    let update = |infos: Vec<v1::WeightInfo>| {
+        op_call(op::call::Type::UpdateWeights, |c| {
+            c.update_weights = Some(op::call::UpdateWeights { weight_infos: infos })
+        })
+    };
+    let bad = m.operator_call(t(1), update(vec![w("eng", 0.0)]));
+    assert!(matches!(bad, Err(CallError::BadRequest(m)) if m.contains("must be positive")));
+    let dup = m.operator_call(t(1), update(vec![w("eng", 2.0), w("eng", 3.0)]));
+    assert!(matches!(dup, Err(CallError::BadRequest(m)) if m.contains("Duplicate")));
+    assert!(m.get_weights().weight_infos.is_empty(), "a refused update changes nothing");
+    assert_eq!(m.operator_call(t(1), update(vec![w("eng", 2.5)])), Ok(OperatorResponse::Ok));
+    assert_eq!(m.get_weights().weight_infos, vec![w("eng", 2.5)]);
+    assert_eq!(m.allocator().weight("eng"), 2.5);
+    let roles = m.get_roles().roles;
+    assert_eq!((roles[0].name.as_str(), roles[0].weight), ("eng", 2.5));
+}

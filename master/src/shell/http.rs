@@ -17,14 +17,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use corral_wire::mesos::json::{self, JsonError};
 use corral_wire::mesos::v1::scheduler::{Call, call};
+use corral_wire::mesos::v1::{self, master as op};
 use corral_wire::mesos::{APPLICATION_JSON, APPLICATION_PROTOBUF};
 use futures_util::Stream;
 use tokio::sync::{mpsc, oneshot};
 use tower::Layer as _;
 use tower_http::normalize_path::NormalizePathLayer;
 
-use super::{Encoding, Handle, Input, state};
-use crate::core::{CallError, CallResponse, heartbeat_event, validate_call};
+use super::{Encoding, Handle, Input, logging, state};
+use crate::core::{
+    CallError, CallResponse, OperatorResponse, heartbeat_event, operator_heartbeat, validate_call,
+    validate_operator_call,
+};
 
 /// Largest request body accepted (Mesos has no limit; a cap keeps a hostile client from
 /// making the master allocate without bound).
@@ -60,6 +64,8 @@ pub fn router(handle: Handle) -> Router {
     for prefix in ["", "/master"] {
         r = r
             .route(&format!("{prefix}/api/v1/scheduler"), any(scheduler))
+            .route(&format!("{prefix}/api/v1"), any(operator))
+            .route(&format!("{prefix}/api/v1/{{*rest}}"), any(operator))
             .route(&format!("{prefix}/health"), get(health))
             .route(&format!("{prefix}/state"), get(state_handler))
             .route(&format!("{prefix}/state.json"), get(state_handler))
@@ -118,55 +124,75 @@ pub fn accepts(headers: &HeaderMap, wanted: &str) -> bool {
     !any_header
 }
 
+/// The steps every v1 call shares, with Mesos' statuses and texts: POST only, a
+/// Content-Type of JSON or protobuf, and a body that parses into `T` with every required field.
+fn parse_call<T: prost::Message + prost::Name + Default>(
+    method: &Method,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Box<Response>> {
+    if method != Method::POST {
+        return Err(Box::new(
+            (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")], "").into_response(),
+        ));
+    }
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Err(Box::new(bad_request("Expecting 'Content-Type' to be present")));
+    };
+    match media_type(ct).as_str() {
+        APPLICATION_JSON => json::from_slice::<T>(body).map_err(|e| {
+            Box::new(match e {
+                JsonError::Syntax(e) => bad_request(format!("Failed to parse body into JSON: {e}")),
+                JsonError::Convert(e) => {
+                    bad_request(format!("Failed to convert JSON into Call protobuf: {e}"))
+                }
+            })
+        }),
+        APPLICATION_PROTOBUF => json::from_protobuf::<T>(body)
+            .map_err(|_| Box::new(bad_request("Failed to parse body into Call protobuf"))),
+        _ => Err(Box::new(text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Expecting 'Content-Type' of {APPLICATION_JSON} or {APPLICATION_PROTOBUF}"),
+        ))),
+    }
+}
+
+/// The response encoding the Accept headers ask for (JSON first, as Mesos prefers it).
+fn negotiate(headers: &HeaderMap) -> Option<Encoding> {
+    if accepts(headers, APPLICATION_JSON) {
+        Some(Encoding::Json)
+    } else if accepts(headers, APPLICATION_PROTOBUF) {
+        Some(Encoding::Protobuf)
+    } else {
+        None
+    }
+}
+
+fn not_acceptable() -> Response {
+    text(
+        StatusCode::NOT_ACCEPTABLE,
+        format!("Expecting 'Accept' to allow '{APPLICATION_PROTOBUF}' or '{APPLICATION_JSON}'"),
+    )
+}
+
 async fn scheduler(
     State(handle): State<Handle>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if method != Method::POST {
-        return (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")], "").into_response();
-    }
-    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
-        return bad_request("Expecting 'Content-Type' to be present");
-    };
-    let call: Call = match media_type(ct).as_str() {
-        APPLICATION_JSON => match json::from_slice::<Call>(&body) {
-            Ok(c) => c,
-            Err(JsonError::Syntax(e)) => {
-                return bad_request(format!("Failed to parse body into JSON: {e}"));
-            }
-            Err(JsonError::Convert(e)) => {
-                return bad_request(format!("Failed to convert JSON into Call protobuf: {e}"));
-            }
-        },
-        APPLICATION_PROTOBUF => match json::from_protobuf::<Call>(&body) {
-            Ok(c) => c,
-            Err(_) => return bad_request("Failed to parse body into Call protobuf"),
-        },
-        _ => {
-            return text(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                format!("Expecting 'Content-Type' of {APPLICATION_JSON} or {APPLICATION_PROTOBUF}"),
-            );
-        }
+    let call: Call = match parse_call(&method, &headers, &body) {
+        Ok(c) => c,
+        Err(r) => return *r,
     };
     if let Err(e) = validate_call(&call) {
         return bad_request(format!("Failed to validate scheduler::Call: {e}"));
     }
     let stream_id = headers.get("Mesos-Stream-Id").map(|v| v.to_str().unwrap_or("").to_string());
     if call.r#type() == call::Type::Subscribe {
-        let encoding = if accepts(&headers, APPLICATION_JSON) {
-            Encoding::Json
-        } else if accepts(&headers, APPLICATION_PROTOBUF) {
-            Encoding::Protobuf
-        } else {
-            return text(
-                StatusCode::NOT_ACCEPTABLE,
-                format!(
-                    "Expecting 'Accept' to allow '{APPLICATION_PROTOBUF}' or '{APPLICATION_JSON}'"
-                ),
-            );
+        let encoding = match negotiate(&headers) {
+            Some(e) => e,
+            None => return not_acceptable(),
         };
         if stream_id.is_some() {
             return bad_request("Subscribe calls should not include the 'Mesos-Stream-Id' header");
@@ -180,10 +206,8 @@ async fn scheduler(
     match rx.await {
         Ok(Ok(CallResponse::Accepted)) => StatusCode::ACCEPTED.into_response(),
         Ok(Ok(CallResponse::Ok)) => StatusCode::OK.into_response(),
-        Ok(Err(CallError::BadRequest(m))) => bad_request(m),
-        Ok(Err(CallError::Forbidden(m))) => text(StatusCode::FORBIDDEN, m),
-        Ok(Err(CallError::NotImplemented)) => StatusCode::NOT_IMPLEMENTED.into_response(),
-        Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down"),
+        Ok(Err(e)) => call_error(e),
+        Err(_) => shutting_down(),
     }
 }
 
@@ -197,17 +221,142 @@ async fn subscribe(handle: Handle, sub: call::Subscribe, encoding: Encoding) -> 
     {
         return text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down");
     }
-    let interval = handle.heartbeat_interval;
-    let body = EventBody {
-        rx,
-        heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + interval, interval),
-        heartbeat_record: encoding.record(&heartbeat_event()),
-        guard: StreamGuard { handle, stream },
-    };
+    let heartbeat = encoding.record(&heartbeat_event());
+    let body = EventBody::new(handle, stream, rx, heartbeat);
     Response::builder()
         .status(StatusCode::OK)
         .header(header::CONTENT_TYPE, encoding.media_type())
         .header("Mesos-Stream-Id", uuid)
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// The v1 operator API: `POST /api/v1` (and any `/api/v1/<x>` but `scheduler`).
+async fn operator(
+    State(handle): State<Handle>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    use op::call::Type as T;
+    use op::response::Type as R;
+    let call: op::Call = match parse_call(&method, &headers, &body) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    let t = match validate_operator_call(&call) {
+        Ok(t) => t,
+        Err(e) => return bad_request(format!("Failed to validate master::Call: {e}")),
+    };
+    let encoding = match negotiate(&headers) {
+        Some(e) => e,
+        None => return not_acceptable(),
+    };
+    let answer = |t: R, fill: &dyn Fn(&mut op::Response)| {
+        let mut r = op::Response { r#type: Some(t as i32), ..Default::default() };
+        fill(&mut r);
+        encoded(encoding, &r)
+    };
+    match t {
+        T::GetHealth => answer(R::GetHealth, &|r| {
+            r.get_health = Some(op::response::GetHealth { healthy: true })
+        }),
+        T::GetFlags => {
+            let flags: Vec<v1::Flag> = handle
+                .flags
+                .iter()
+                .map(|(name, value)| v1::Flag { name: name.clone(), value: Some(value.clone()) })
+                .collect();
+            answer(R::GetFlags, &|r| {
+                r.get_flags = Some(op::response::GetFlags { flags: flags.clone() })
+            })
+        }
+        T::GetVersion => answer(R::GetVersion, &|r| {
+            r.get_version = Some(op::response::GetVersion { version_info: state::version_info() })
+        }),
+        T::GetMetrics => {
+            let Some(snapshot) = handle.query(state::metrics_snapshot).await else {
+                return shutting_down();
+            };
+            let metrics: Vec<v1::Metric> = snapshot
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| v1::Metric { name: k.clone(), value: v.as_f64() })
+                .collect();
+            answer(R::GetMetrics, &|r| {
+                r.get_metrics = Some(op::response::GetMetrics { metrics: metrics.clone() })
+            })
+        }
+        T::GetLoggingLevel => answer(R::GetLoggingLevel, &|r| {
+            r.get_logging_level = Some(op::response::GetLoggingLevel { level: logging::level() })
+        }),
+        T::SetLoggingLevel => {
+            let s = call.set_logging_level.unwrap_or_default();
+            let ns = s.duration.nanoseconds;
+            if ns <= 0 {
+                return bad_request("'duration' must be positive");
+            }
+            match logging::set(s.level, std::time::Duration::from_nanos(ns as u64)) {
+                Ok(()) => StatusCode::OK.into_response(),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
+            }
+        }
+        T::ListFiles | T::ReadFile => {
+            // The master keeps no files of its own (logs go to stderr); Mesos answers an
+            // unknown path the same way.
+            let path = call
+                .list_files
+                .map(|l| l.path)
+                .or(call.read_file.map(|r| r.path))
+                .unwrap_or_default();
+            text(StatusCode::NOT_FOUND, format!("No file or directory found at path '{path}'"))
+        }
+        T::Subscribe => operator_subscribe(handle, encoding).await,
+        _ => {
+            let (reply, rx) = oneshot::channel();
+            if !handle.send(Input::OperatorCall { call, reply }).await {
+                return shutting_down();
+            }
+            match rx.await {
+                Ok(Ok(OperatorResponse::Body(r))) => encoded(encoding, &*r),
+                Ok(Ok(OperatorResponse::Ok)) => StatusCode::OK.into_response(),
+                Ok(Ok(OperatorResponse::Accepted)) => StatusCode::ACCEPTED.into_response(),
+                Ok(Err(e)) => call_error(e),
+                Err(_) => shutting_down(),
+            }
+        }
+    }
+}
+
+fn shutting_down() -> Response {
+    text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down")
+}
+
+fn call_error(e: CallError) -> Response {
+    match e {
+        CallError::BadRequest(m) => bad_request(m),
+        CallError::Forbidden(m) => text(StatusCode::FORBIDDEN, m),
+        CallError::NotImplemented => StatusCode::NOT_IMPLEMENTED.into_response(),
+    }
+}
+
+/// A 200 whose body is `msg` in `encoding`.
+fn encoded<M: prost::Message + prost::Name>(encoding: Encoding, msg: &M) -> Response {
+    ([(header::CONTENT_TYPE, encoding.media_type())], encoding.encode(msg)).into_response()
+}
+
+async fn operator_subscribe(handle: Handle, encoding: Encoding) -> Response {
+    let stream = handle.next_id();
+    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    if !handle.send(Input::OperatorSubscribe { stream, encoding, tx }).await {
+        return shutting_down();
+    }
+    let heartbeat = encoding.record(&operator_heartbeat());
+    let body = EventBody::new(handle, stream, rx, heartbeat);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, encoding.media_type())
         .body(Body::from_stream(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
@@ -233,6 +382,18 @@ struct EventBody {
     heartbeat_record: Bytes,
     #[allow(dead_code)]
     guard: StreamGuard,
+}
+
+impl EventBody {
+    fn new(handle: Handle, stream: u64, rx: mpsc::Receiver<Bytes>, heartbeat: Bytes) -> EventBody {
+        let interval = handle.heartbeat_interval;
+        EventBody {
+            rx,
+            heartbeat: tokio::time::interval_at(tokio::time::Instant::now() + interval, interval),
+            heartbeat_record: heartbeat,
+            guard: StreamGuard { handle, stream },
+        }
+    }
 }
 
 impl Stream for EventBody {

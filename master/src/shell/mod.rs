@@ -11,6 +11,7 @@
 pub mod args;
 pub mod clock;
 pub mod http;
+pub mod logging;
 pub mod quic;
 pub mod state;
 
@@ -25,7 +26,9 @@ use corral_wire::mesos::v1::scheduler::{Call, call};
 use corral_wire::proto::{AgentMessage, MasterMessage};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::core::{CallError, CallResponse, Command, ConnId, Identity, Master, StreamId};
+use crate::core::{
+    CallError, CallResponse, Command, ConnId, Identity, Master, OperatorResponse, StreamId,
+};
 
 pub use args::MasterArgs;
 pub use clock::Clock;
@@ -58,13 +61,17 @@ impl Encoding {
         }
     }
 
+    /// A message in this encoding (a response body).
+    pub fn encode<M: prost::Message + prost::Name>(self, msg: &M) -> Vec<u8> {
+        match self {
+            Encoding::Json => corral_wire::mesos::json::to_string(msg).into_bytes(),
+            Encoding::Protobuf => msg.encode_to_vec(),
+        }
+    }
+
     /// One event as a RecordIO record.
-    pub fn record(self, event: &corral_wire::mesos::v1::scheduler::Event) -> Bytes {
-        let payload = match self {
-            Encoding::Json => corral_wire::mesos::json::to_string(event).into_bytes(),
-            Encoding::Protobuf => prost::Message::encode_to_vec(event),
-        };
-        corral_wire::recordio::encode(&payload)
+    pub fn record<M: prost::Message + prost::Name>(self, event: &M) -> Bytes {
+        corral_wire::recordio::encode(&self.encode(event))
     }
 }
 
@@ -107,6 +114,17 @@ pub enum Input {
         call: Call,
         reply: oneshot::Sender<Result<CallResponse, CallError>>,
     },
+    /// An operator API SUBSCRIBE: the stream gets SUBSCRIBED and then every operator event.
+    OperatorSubscribe {
+        stream: StreamId,
+        encoding: Encoding,
+        tx: mpsc::Sender<Bytes>,
+    },
+    /// An operator API call the core answers.
+    OperatorCall {
+        call: corral_wire::mesos::v1::master::Call,
+        reply: oneshot::Sender<Result<OperatorResponse, CallError>>,
+    },
     Query(Query),
 }
 
@@ -119,6 +137,8 @@ impl std::fmt::Debug for Input {
             Input::Subscribe { stream, .. } => write!(f, "Subscribe({stream})"),
             Input::StreamClosed { stream } => write!(f, "StreamClosed({stream})"),
             Input::Call { .. } => write!(f, "Call"),
+            Input::OperatorSubscribe { stream, .. } => write!(f, "OperatorSubscribe({stream})"),
+            Input::OperatorCall { .. } => write!(f, "OperatorCall"),
             Input::Query(_) => write!(f, "Query"),
         }
     }
@@ -176,6 +196,8 @@ struct Actor {
     clock: Clock,
     agents: HashMap<ConnId, mpsc::Sender<Outbound>>,
     streams: HashMap<StreamId, Sink>,
+    /// Operator API event streams.
+    operator_streams: HashMap<StreamId, Sink>,
 }
 
 impl Actor {
@@ -197,7 +219,15 @@ impl Actor {
             }
             Input::StreamClosed { stream } => {
                 self.streams.remove(&stream);
+                self.operator_streams.remove(&stream);
                 self.master.stream_closed(now, stream);
+            }
+            Input::OperatorSubscribe { stream, encoding, tx } => {
+                self.operator_streams.insert(stream, Sink { tx, encoding });
+                self.master.operator_subscribe(now, stream);
+            }
+            Input::OperatorCall { call, reply } => {
+                let _ = reply.send(self.master.operator_call(now, call));
             }
             Input::Call { stream_id, call, reply } => {
                 let _ = reply.send(self.master.call(now, stream_id.as_deref(), call));
@@ -240,7 +270,35 @@ impl Actor {
                 Command::CloseStream { stream } => {
                     self.streams.remove(&stream);
                 }
+                Command::OperatorEvent { stream, event } => self.operator_event(stream, &event),
             }
+        }
+    }
+
+    /// Writes an operator event to one stream or to all, encoding it once per encoding. A
+    /// subscriber whose buffer is full is dropped: it never holds the master back.
+    fn operator_event(
+        &mut self,
+        only: Option<StreamId>,
+        event: &corral_wire::mesos::v1::master::Event,
+    ) {
+        let mut records: [Option<Bytes>; 2] = [None, None];
+        let mut stuck = Vec::new();
+        for (id, sink) in &self.operator_streams {
+            if only.is_some_and(|o| o != *id) {
+                continue;
+            }
+            let slot = &mut records[sink.encoding as usize];
+            let record = slot.get_or_insert_with(|| sink.encoding.record(event)).clone();
+            if sink.tx.try_send(record).is_err() {
+                stuck.push(*id);
+            }
+        }
+        for id in stuck {
+            tracing::warn!(stream = id, "operator subscriber too slow; closing its event stream");
+            self.operator_streams.remove(&id);
+            let now = self.clock.now();
+            self.master.stream_closed(now, id);
         }
     }
 
@@ -280,6 +338,7 @@ impl Actor {
             let _ = tx.try_send(Outbound::Close("master shutting down".into()));
         }
         self.streams.clear();
+        self.operator_streams.clear();
     }
 }
 
@@ -348,7 +407,13 @@ pub async fn run(
         url = %format!("http://{}:{port}", identity.ip),
         "corral master listening (HTTP on tcp/{port}, agents on udp/{port})"
     );
-    let actor = Actor { master, clock, agents: HashMap::new(), streams: HashMap::new() };
+    let actor = Actor {
+        master,
+        clock,
+        agents: HashMap::new(),
+        streams: HashMap::new(),
+        operator_streams: HashMap::new(),
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let actor_task = tokio::spawn(actor.run(rx, ctl_rx, {
         let mut stop_rx = stop_rx.clone();

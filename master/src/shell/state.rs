@@ -20,6 +20,19 @@ pub fn version() -> Value {
     })
 }
 
+/// `VersionInfo` for GET_VERSION (the same facts as `/version`).
+pub fn version_info() -> v1::VersionInfo {
+    v1::VersionInfo {
+        version: corral_wire::MESOS_COMPAT_VERSION.to_string(),
+        build_date: Some(option_env!("CORRAL_BUILD_DATE").unwrap_or("").to_string()),
+        build_time: Some(0.0),
+        build_user: Some("corral".into()),
+        git_sha: None,
+        git_branch: None,
+        git_tag: None,
+    }
+}
+
 fn task_json(t: &Task) -> Value {
     let mut o = Map::new();
     o.insert("id".into(), json!(t.id));
@@ -197,8 +210,15 @@ fn agent_json(m: &Master, a: &Agent) -> Value {
     o.insert("offered_resources".into(), offered.to_summary_json());
     o.insert("reserved_resources".into(), json!({}));
     o.insert("unreserved_resources".into(), reg.resources.to_summary_json());
-    o.insert("active".into(), json!(a.state == AgentState::Connected));
-    o.insert("deactivated".into(), json!(false));
+    o.insert("active".into(), json!(a.state == AgentState::Connected && !a.deactivated));
+    o.insert("deactivated".into(), json!(a.deactivated));
+    if let Some(d) = &a.drain {
+        let mut config = json!({"mark_gone": d.mark_gone});
+        if let Some(g) = d.max_grace_period {
+            config["max_grace_period"] = json!({"nanoseconds": g.as_nanos() as u64});
+        }
+        o.insert("drain_info".into(), json!({"state": d.state.as_str_name(), "config": config}));
+    }
     o.insert("connected".into(), json!(a.state == AgentState::Connected));
     o.insert("version".into(), json!(corral_wire::MESOS_COMPAT_VERSION));
     o.insert("corral_version".into(), json!(reg.version));
@@ -415,8 +435,7 @@ pub fn roles(m: &Master) -> Value {
     let known: Vec<&str> = m.allocator().roles().map(|(name, ..)| name).collect();
     // Roles with a configured weight are listed even without frameworks (as Mesos does).
     let weighted = m
-        .config()
-        .weights
+        .weights()
         .iter()
         .filter(|(r, _)| !known.contains(&r.as_str()))
         .map(|(r, w)| (r.as_str(), *w, &empty.0, &empty.1));
@@ -459,8 +478,11 @@ pub fn metrics_snapshot(m: &Master) -> Value {
     put("uptime_secs", m.now().as_secs_f64() - m.start_time().as_secs_f64());
     let agents = m.agents();
     let n = |s: AgentState| agents.values().filter(|a| a.state == s).count() as f64;
-    put("slaves_active", n(AgentState::Connected));
-    put("slaves_inactive", 0.0);
+    let inactive =
+        agents.values().filter(|a| a.state == AgentState::Connected && a.deactivated).count()
+            as f64;
+    put("slaves_active", n(AgentState::Connected) - inactive);
+    put("slaves_inactive", inactive);
     put("slaves_connected", n(AgentState::Connected));
     put("slaves_disconnected", n(AgentState::Disconnected));
     put("slaves_unreachable", n(AgentState::Unreachable));

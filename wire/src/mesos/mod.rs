@@ -20,6 +20,26 @@ pub mod v1 {
     pub mod scheduler {
         include!(concat!(env!("OUT_DIR"), "/mesos.v1.scheduler.rs"));
     }
+
+    /// `mesos.v1.master`: the operator HTTP API's `Call`, `Response` and `Event`.
+    pub mod master {
+        include!(concat!(env!("OUT_DIR"), "/mesos.v1.master.rs"));
+    }
+
+    /// `mesos.v1.quota`: quota configurations (operator GET_QUOTA / UPDATE_QUOTA).
+    pub mod quota {
+        include!(concat!(env!("OUT_DIR"), "/mesos.v1.quota.rs"));
+    }
+
+    /// `mesos.v1.maintenance`: maintenance schedules and status.
+    pub mod maintenance {
+        include!(concat!(env!("OUT_DIR"), "/mesos.v1.maintenance.rs"));
+    }
+
+    /// `mesos.v1.allocator`: inverse offer statuses.
+    pub mod allocator {
+        include!(concat!(env!("OUT_DIR"), "/mesos.v1.allocator.rs"));
+    }
 }
 
 static DESCRIPTORS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mesos_v1.fds"));
