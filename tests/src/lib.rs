@@ -9,6 +9,8 @@
 // Tests drive real processes and measure real time; the no-clock rule is for the cores.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used)]
 
+pub mod rawhttp;
+
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

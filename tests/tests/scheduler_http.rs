@@ -5,10 +5,7 @@
 // Tests drive real processes and measure real time; the no-clock rule is for the cores.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
+use corral_tests::rawhttp::request;
 use corral_tests::{Cluster, ClusterOptions};
 
 /// A master alone (no agents): the scheduler API needs nothing else.
@@ -20,69 +17,6 @@ struct Master {
 fn master() -> Master {
     let cluster = Cluster::start(ClusterOptions { agents: 0, ..Default::default() });
     Master { port: cluster.master_port, _cluster: cluster }
-}
-
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    reader: BufReader<TcpStream>,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-    }
-
-    fn body(mut self) -> String {
-        let mut s = String::new();
-        if let Some(len) = self.header("content-length").and_then(|l| l.parse::<usize>().ok()) {
-            let mut buf = vec![0; len];
-            self.reader.read_exact(&mut buf).unwrap();
-            s = String::from_utf8_lossy(&buf).into_owned();
-        }
-        s
-    }
-
-    /// Reads one HTTP chunk (its data).
-    fn chunk(&mut self) -> Vec<u8> {
-        let mut size = String::new();
-        self.reader.read_line(&mut size).unwrap();
-        let n = usize::from_str_radix(size.trim_end(), 16)
-            .unwrap_or_else(|_| panic!("bad chunk size line {size:?}"));
-        let mut data = vec![0; n];
-        self.reader.read_exact(&mut data).unwrap();
-        let mut crlf = [0; 2];
-        self.reader.read_exact(&mut crlf).unwrap();
-        assert_eq!(&crlf, b"\r\n");
-        data
-    }
-}
-
-fn request(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
-    s.write_all(req.as_bytes()).unwrap();
-    let mut reader = BufReader::new(s);
-    let mut line = String::new();
-    reader.read_line(&mut line).unwrap();
-    let status: u16 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let mut headers = Vec::new();
-    loop {
-        let mut h = String::new();
-        reader.read_line(&mut h).unwrap();
-        let h = h.trim_end();
-        if h.is_empty() {
-            break;
-        }
-        let (k, v) = h.split_once(':').unwrap();
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
-    Response { status, headers, reader }
 }
 
 const SUBSCRIBE: &str =
@@ -108,23 +42,7 @@ fn subscribe_is_a_chunked_recordio_stream() {
     assert!(r.header("content-length").is_none());
     let stream_id = r.header("mesos-stream-id").expect("Mesos-Stream-Id").to_string();
     assert!(uuid::Uuid::parse_str(&stream_id).is_ok(), "{stream_id}");
-    // Collect bytes until two whole records arrived.
-    let mut bytes = Vec::new();
-    let mut records = Vec::new();
-    while records.len() < 2 {
-        bytes.extend(r.chunk());
-        records.clear();
-        let mut rest: &[u8] = &bytes;
-        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-            let len: usize =
-                std::str::from_utf8(&rest[..nl]).unwrap().parse().expect("decimal length");
-            if rest.len() < nl + 1 + len {
-                break;
-            }
-            records.push(rest[nl + 1..nl + 1 + len].to_vec());
-            rest = &rest[nl + 1 + len..];
-        }
-    }
+    let (records, bytes) = r.records(2);
     let first = String::from_utf8(records[0].clone()).unwrap();
     assert!(
         first.starts_with(r#"{"type":"SUBSCRIBED","subscribed":{"framework_id":{"value":""#),
