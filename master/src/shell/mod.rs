@@ -78,8 +78,58 @@ impl Encoding {
 /// What an agent connection task is told to do.
 #[derive(Debug)]
 pub enum Outbound {
-    Send(MasterMessage),
+    /// One encoded frame.
+    Send(Bytes),
     Close(String),
+}
+
+/// Bytes queued for one agent connection before it counts as stuck and is dropped. The queue
+/// is bounded in bytes, not messages: one ACCEPT of thousands of tasks is a burst of
+/// thousands of small frames that a healthy connection drains in milliseconds.
+pub const MAX_AGENT_QUEUE_BYTES: usize = 64 << 20;
+
+/// The actor's side of an agent connection's outbound queue.
+#[derive(Debug, Clone)]
+pub struct AgentTx {
+    tx: mpsc::UnboundedSender<Outbound>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The connection task's side: frames to write, and the count of bytes still queued.
+#[derive(Debug)]
+pub struct AgentRx {
+    pub rx: mpsc::UnboundedReceiver<Outbound>,
+    pub queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A new outbound queue for one agent connection.
+pub fn agent_queue() -> (AgentTx, AgentRx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    (AgentTx { tx, queued: queued.clone() }, AgentRx { rx, queued })
+}
+
+/// An agent connection that takes no more messages: its task is gone, or its queue is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("agent connection closed or its outbound queue is full")]
+pub struct AgentQueueFull;
+
+impl AgentTx {
+    /// Queues `msg`; fails when the connection task is gone or the queue is over its cap.
+    pub fn send(&self, msg: &MasterMessage) -> Result<(), AgentQueueFull> {
+        use std::sync::atomic::Ordering;
+        let frame = Bytes::from(corral_wire::frame::encode_master(msg));
+        let len = frame.len();
+        if self.queued.load(Ordering::Relaxed) + len > MAX_AGENT_QUEUE_BYTES {
+            return Err(AgentQueueFull);
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.tx.send(Outbound::Send(frame)).map_err(|_| AgentQueueFull)
+    }
+
+    pub fn close(&self, reason: String) {
+        let _ = self.tx.send(Outbound::Close(reason));
+    }
 }
 
 /// A query run inside the actor against the core (the HTTP views use it).
@@ -90,7 +140,7 @@ pub enum Input {
     AgentConnected {
         conn: ConnId,
         peer: SocketAddr,
-        tx: mpsc::Sender<Outbound>,
+        tx: AgentTx,
     },
     AgentMessage {
         conn: ConnId,
@@ -194,7 +244,7 @@ struct Sink {
 struct Actor {
     master: Master,
     clock: Clock,
-    agents: HashMap<ConnId, mpsc::Sender<Outbound>>,
+    agents: HashMap<ConnId, AgentTx>,
     streams: HashMap<StreamId, Sink>,
     /// Operator API event streams.
     operator_streams: HashMap<StreamId, Sink>,
@@ -241,10 +291,10 @@ impl Actor {
             match cmd {
                 Command::SendAgent { conn, msg } => {
                     let Some(tx) = self.agents.get(&conn) else { continue };
-                    if tx.try_send(Outbound::Send(msg)).is_err() {
+                    if tx.send(&msg).is_err() {
                         // The connection task is gone or hopelessly behind: drop it.
                         tracing::warn!(conn, "agent connection cannot keep up; closing it");
-                        let _ = tx.try_send(Outbound::Close("outbound queue full".into()));
+                        tx.close("outbound queue full".into());
                         self.agents.remove(&conn);
                         let now = self.clock.now();
                         self.master.agent_disconnected(now, conn);
@@ -252,7 +302,7 @@ impl Actor {
                 }
                 Command::CloseAgent { conn, reason } => {
                     if let Some(tx) = self.agents.remove(&conn) {
-                        let _ = tx.try_send(Outbound::Close(reason));
+                        tx.close(reason);
                     }
                 }
                 Command::SendEvent { stream, event } => {
@@ -335,7 +385,7 @@ impl Actor {
         }
         // Closing: end every stream and connection.
         for (_, tx) in self.agents.drain() {
-            let _ = tx.try_send(Outbound::Close("master shutting down".into()));
+            tx.close("master shutting down".into());
         }
         self.streams.clear();
         self.operator_streams.clear();

@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use corral_wire::frame::{self, FrameReader};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
 
-use super::{Handle, Input, Outbound};
+use super::{AgentRx, Handle, Input, Outbound, agent_queue};
+
+/// Bytes gathered from the queue into one stream write.
+const WRITE_BATCH: usize = 256 << 10;
 
 /// Application close codes.
 const CLOSE_NORMAL: u32 = 0;
@@ -46,28 +48,45 @@ async fn connection(conn: quinn::Connection, handle: Handle, max_frame: usize) {
         }
     };
     let id = handle.next_id();
-    let (tx, mut rx) = mpsc::channel::<Outbound>(1024);
+    let (tx, AgentRx { mut rx, queued }) = agent_queue();
     if !handle.send(Input::AgentConnected { conn: id, peer, tx }).await {
         return;
     }
     let writer_conn = conn.clone();
     let writer = tokio::spawn(async move {
+        // Frames queued together go out in one write (a burst of RunTasks is one syscall).
+        let mut batch = Vec::new();
         while let Some(out) = rx.recv().await {
-            match out {
-                Outbound::Send(msg) => {
-                    if let Err(e) = send.write_all(&frame::encode_master(&msg)).await {
-                        tracing::debug!(%peer, error = %e, "agent stream write failed");
+            let mut close = None;
+            let mut next = Some(out);
+            while let Some(out) = next.take() {
+                match out {
+                    Outbound::Send(frame) => batch.extend_from_slice(&frame),
+                    Outbound::Close(reason) => {
+                        close = Some(reason);
                         break;
                     }
                 }
-                Outbound::Close(reason) => {
-                    let _ = send.flush().await;
-                    let _ = send.finish();
-                    // Give the peer a moment to read what was queued before the close.
-                    let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
-                    writer_conn.close(CLOSE_NORMAL.into(), reason.as_bytes());
+                if batch.len() < WRITE_BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                let n = batch.len();
+                if let Err(e) = send.write_all(&batch).await {
+                    tracing::debug!(%peer, error = %e, "agent stream write failed");
                     break;
                 }
+                queued.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+                batch.clear();
+            }
+            if let Some(reason) = close {
+                let _ = send.flush().await;
+                let _ = send.finish();
+                // Give the peer a moment to read what was queued before the close.
+                let _ = tokio::time::timeout(Duration::from_millis(200), send.stopped()).await;
+                writer_conn.close(CLOSE_NORMAL.into(), reason.as_bytes());
+                break;
             }
         }
     });
