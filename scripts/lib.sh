@@ -14,14 +14,16 @@ need_root() {
 # Debian packages the build and the tests use:
 #   build-essential pkg-config  C toolchain for ring (TLS crypto) and libc bindings
 #   python3                     the reference scheduler test (tests/python)
+#   python3-venv python3-dev    the pymesos venv (scripts/pyclient-venv.sh): `python3 -m venv`,
+#                               and Python.h for http-parser's C extension
 #   curl ca-certificates        fetching rustup when no Rust toolchain is present
 #   procps iproute2             process and network tools the tests and operators use
 #   qemu-system-x86             the VM suite (tests/tests/vm.rs): boots Debian's kernel under TCG
 #   busybox-static              the VM suite's guest userland (static, so no libraries to copy)
 #   cpio                        packing the VM suite's initramfs
 #   crun                        the OCI runtime `corral bench launch` compares against
-DEBIAN_PACKAGES="build-essential pkg-config python3 curl ca-certificates procps iproute2 \
-qemu-system-x86 busybox-static cpio crun"
+DEBIAN_PACKAGES="build-essential pkg-config python3 python3-venv python3-dev curl ca-certificates \
+procps iproute2 qemu-system-x86 busybox-static cpio crun"
 
 install_packages() {
   local missing=""

@@ -16,12 +16,16 @@ Phases (each wait is bounded; any failure prints `RESULT FAIL: <why>` and exits 
   3. KILL the first sleep -> TASK_KILLED
   4. explicit RECONCILE of every task plus one never launched: running sleeps answer
      TASK_RUNNING, the never-launched one TASK_LOST, finished/killed ones a terminal state;
-     every answer from the master (no uuid) with reason REASON_RECONCILIATION
+     every answer (an update without uuid) has reason REASON_RECONCILIATION and source
+     SOURCE_MASTER
   5. implicit RECONCILE (no tasks): the running sleeps answer TASK_RUNNING
   6. with --restart-file or --restart-stdin: prints `READY-FOR-RESTART <framework-id>`, waits
      for the harness to say the master was restarted, then waits for pymesos to resubscribe
-     by itself with the same framework id (`reregistered`) and reconciles (explicit, retried,
-     then implicit) until the surviving sleeps are TASK_RUNNING
+     by itself with the same framework id (`reregistered`) and reconciles (explicit, retried
+     every 3 s, then implicit) until the surviving sleeps are TASK_RUNNING. pymesos may get
+     there before the agent has re-registered; a TASK_LOST answer in that window is printed
+     as a `NOTE:` line (a failure with --strict-restart-reconcile), see reconcile_until's
+     caller for why
   7. KILL the remaining sleeps -> TASK_KILLED; stop the driver, which sends TEARDOWN; check in
      /state that the framework is gone from `frameworks`
   Then prints `RESULT OK` and exits 0.
@@ -106,12 +110,9 @@ class Recorder(Scheduler):
         self.reregistrations = 0
         self.disconnections = 0
         self.launched_on = None      # agent id
-        self.offers_seen = 0
-        self.offers_declined = 0
         self.updates = []            # (seq, status dict)
         self.kill_requested = set()
         self.fatal = None
-        self.errors = []
 
     # --- helpers -------------------------------------------------------------------------
     def _fail(self, why):
@@ -155,7 +156,6 @@ class Recorder(Scheduler):
 
     def resourceOffers(self, driver, offers):
         with self.cv:
-            self.offers_seen += len(offers)
             for offer in offers:
                 res = offer.get("resources", [])
                 n = len(self.sleep_ids) + 1
@@ -173,7 +173,6 @@ class Recorder(Scheduler):
                     driver.suppressOffers()
                     say("offers suppressed")
                 else:
-                    self.offers_declined += 1
                     say("declining offer %s" % offer["id"]["value"])
                     driver.declineOffer(offer["id"], filters={"refuse_seconds": 3600.0})
             self.cv.notify_all()
@@ -228,7 +227,6 @@ class Recorder(Scheduler):
     def error(self, driver, message):
         with self.cv:
             say("ERROR event: %s" % message)
-            self.errors.append(message)
             self._fail("ERROR event from the master: %s" % message)
 
 

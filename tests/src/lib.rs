@@ -145,6 +145,7 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub master: Proc,
     pub master_port: u16,
+    master_args: Vec<String>,
     pub agents: Vec<Proc>,
     /// Each agent's HTTP port (the `port` of its entry in /state).
     pub agent_ports: Vec<u16>,
@@ -161,29 +162,28 @@ impl Cluster {
         corral_wire::tls::write_cluster(&tls_dir, &["localhost".into(), "127.0.0.1".into()])
             .expect("tls material");
         let master_port = free_port();
-        let master = spawn(
-            "master",
-            dir.path(),
-            &[
-                "master",
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                &master_port.to_string(),
-                "--work-dir",
-                &dir.path().join("master").display().to_string(),
-                "--tls-dir",
-                &tls_dir.display().to_string(),
-                "--agent-ping-timeout",
-                &opts.agent_ping_timeout,
-                "--max-agent-ping-timeouts",
-                &opts.max_agent_ping_timeouts.to_string(),
-            ],
-        );
+        let master_args = vec![
+            "master".to_string(),
+            "--ip".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            master_port.to_string(),
+            "--work-dir".into(),
+            dir.path().join("master").display().to_string(),
+            "--tls-dir".into(),
+            tls_dir.display().to_string(),
+            "--agent-ping-timeout".into(),
+            opts.agent_ping_timeout.clone(),
+            "--max-agent-ping-timeouts".into(),
+            opts.max_agent_ping_timeouts.to_string(),
+        ];
+        let args: Vec<&str> = master_args.iter().map(String::as_str).collect();
+        let master = spawn("master", dir.path(), &args);
         let mut cluster = Cluster {
             dir,
             master,
             master_port,
+            master_args,
             agents: Vec::new(),
             agent_ports: Vec::new(),
             agent_cgroups: Vec::new(),
@@ -195,6 +195,23 @@ impl Cluster {
         }
         cluster.wait_agents(opts.agents, Duration::from_secs(30));
         cluster
+    }
+
+    /// Stops the master (SIGTERM) and starts a new one with the same flags and port; returns
+    /// once its HTTP API answers. Its state starts empty: agents re-register by themselves.
+    pub fn restart_master(&mut self) {
+        self.master.stop(Signal::SIGTERM, Duration::from_secs(10));
+        let args: Vec<&str> = self.master_args.iter().map(String::as_str).collect();
+        // The old process is gone, but its UDP/TCP port may take a moment to be free.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.master = spawn("master-restarted", self.dir.path(), &args);
+            std::thread::sleep(Duration::from_millis(200));
+            if !matches!(self.master.child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
+                break;
+            }
+        }
+        self.wait_http_ready();
     }
 
     pub fn master_addr(&self) -> MasterAddr {
