@@ -34,6 +34,7 @@ use corral_wire::proto::{
     AgentMessage, FrameworkRef, MasterMessage, Registration, RunTask, StatusUpdate, TaskReport,
     TaskSpec,
 };
+use corral_wire::resources::{Conversion, Resources};
 
 /// The two clocks an event happens at: monotonic for timers, wall for update timestamps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +123,9 @@ pub enum Command {
     Forget { container_id: String },
     /// The master refused this agent: stop.
     Exit { reason: String },
+    /// A RESERVE, UNRESERVE, CREATE or DESTROY was applied to the agent's resources: create
+    /// or delete the volumes and checkpoint the new `total`.
+    Convert { conv: Conversion, total: Resources },
 }
 
 /// Everything the shell needs to start a container.
@@ -490,6 +494,18 @@ impl Core {
                             .unwrap_or(self.config.default_kill_grace);
                         self.kill(now, &key, grace);
                     }
+                }
+            }
+            MasterMessage::Convert(conv) => {
+                let total = &mut self.config.registration.resources;
+                match total.apply(&conv) {
+                    Ok(t) => {
+                        *total = t.clone();
+                        self.commands.push_back(Command::Convert { conv, total: t });
+                    }
+                    // The master checked it against its view of this agent: the two are out of
+                    // step. Keep what is checkpointed; the next registration reports it.
+                    Err(e) => tracing::error!(operation = conv.name(), "cannot apply: {e}"),
                 }
             }
             MasterMessage::StatusAck { framework_id, task_id, uuid } => {

@@ -24,6 +24,8 @@ pub enum AgentError {
     Signals { what: &'static str, source: std::io::Error },
     #[error("cannot find this executable (pass --launcher): {0}")]
     Launcher(std::io::Error),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::volumes::CheckpointError),
     #[error("the master refused this agent: {reason}")]
     Refused { reason: String },
 }

@@ -60,19 +60,15 @@ pub fn detect_resources(work_dir: &Path) -> Resources {
     r.with_ranges("ports", &[DEFAULT_PORTS])
 }
 
-/// `detected`, with every resource named in `overrides` replaced by the override.
+/// `detected`, with every resource named in `overrides` (reserved or not) replaced by the
+/// override.
 pub fn with_overrides(detected: &Resources, overrides: &Resources) -> Resources {
     let mut out = overrides.clone();
-    for (name, value) in detected.iter() {
-        if overrides.get(name).is_some() {
+    for (key, value) in detected.iter() {
+        if overrides.iter().any(|(k, _)| k.name == key.name) {
             continue;
         }
-        out = match value {
-            Value::Scalar(s) => out.with_scalar(name, s.as_f64()),
-            Value::Ranges(r) => out.with_ranges(name, &r.iter().collect::<Vec<_>>()),
-            // Detection yields no sets.
-            Value::Set(_) => out,
-        };
+        out.insert(key.clone(), value.clone());
     }
     out
 }
@@ -169,7 +165,7 @@ mod tests {
         assert!(r.scalar("cpus").as_f64() >= 1.0);
         assert!(r.scalar("mem").as_f64() > 0.0);
         assert!(r.scalar("disk").as_f64() > 0.0);
-        assert_eq!(r.ranges("ports").unwrap(), &Ranges::new([DEFAULT_PORTS]));
+        assert_eq!(r.ranges("ports").unwrap(), Ranges::new([DEFAULT_PORTS]));
     }
 
     #[test]
@@ -183,7 +179,7 @@ mod tests {
         assert_eq!(r.scalar("cpus"), Scalar::from_f64(2.0));
         assert_eq!(r.scalar("mem"), Scalar::from_f64(1000.0));
         assert_eq!(r.scalar("gpus"), Scalar::from_f64(1.0));
-        assert_eq!(r.ranges("ports").unwrap(), &Ranges::new([(5000, 5001)]));
+        assert_eq!(r.ranges("ports").unwrap(), Ranges::new([(5000, 5001)]));
     }
 
     #[test]

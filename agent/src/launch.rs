@@ -318,6 +318,7 @@ fn prepare(env: &LaunchEnv, launch: &Launch, cgroup: &Cgroup) -> Result<Prepared
             hostname: Some(env.hostname.clone()),
             loopback: iso.network == Network::Isolated,
             tmp: Some(sandbox.join("tmp")),
+            volumes: Vec::new(),
         };
     }
     let fail =
@@ -349,6 +350,35 @@ fn prepare(env: &LaunchEnv, launch: &Launch, cgroup: &Cgroup) -> Result<Prepared
         for p in [sandbox.clone(), sandbox.join("stdout"), sandbox.join("stderr")] {
             nix::unistd::chown(&p, uid, gid)
                 .map_err(|e| format!("cannot give {} to user '{}': {e}", p.display(), u.name))?;
+        }
+    }
+    // Persistent volumes: bound into the sandbox by the init in the task's mount namespace,
+    // or (no namespaces) linked, as Mesos' posix filesystem isolator does.
+    for (key, vol) in launch.task.resources.volumes() {
+        let Some(role) = key.role() else { continue };
+        let source = crate::volumes::volume_dir(&env.work_dir, role, &vol.id);
+        fs::create_dir_all(&source).map_err(|e| fail("create the volume", &source, e))?;
+        if let Some(u) = &run_as {
+            let (uid, gid) =
+                (Some(nix::unistd::Uid::from_raw(u.uid)), Some(nix::unistd::Gid::from_raw(u.gid)));
+            nix::unistd::chown(&source, uid, gid).map_err(|e| {
+                format!("cannot give {} to user '{}': {e}", source.display(), u.name)
+            })?;
+        }
+        let target = sandbox.join(&vol.container_path);
+        if spec.isolation.namespaces {
+            fs::create_dir_all(&target).map_err(|e| fail("create", &target, e))?;
+            spec.isolation.volumes.push(crate::shim::VolumeMount {
+                source,
+                target,
+                read_only: vol.read_only,
+            });
+        } else {
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent).map_err(|e| fail("create", parent, e))?;
+            }
+            std::os::unix::fs::symlink(&source, &target)
+                .map_err(|e| fail("link the volume at", &target, e))?;
         }
     }
     let run_dir = paths::run_dir(&env.work_dir, &launch.container_id);

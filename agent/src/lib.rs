@@ -42,6 +42,7 @@ mod shell;
 mod shim;
 #[allow(unsafe_code)]
 mod sys;
+mod volumes;
 
 pub use args::AgentArgs;
 pub use error::AgentError;

@@ -120,6 +120,8 @@ impl Setup {
             None => Resources::new(),
         };
         let resources = host::with_overrides(&host::detect_resources(&work_dir), &overrides);
+        // Reservations and volumes made through the master live in the checkpoint.
+        let resources = crate::volumes::recover(&work_dir, &resources)?;
         let attributes = match &args.attributes {
             Some(text) => host::parse_attributes(text).map_err(flag("attributes"))?,
             None => Vec::new(),
@@ -331,6 +333,16 @@ impl Shell {
             Command::Forget { container_id } => {
                 self.containers.remove(&container_id);
                 remove_run_dir(paths::run_dir(&self.env.work_dir, &container_id));
+            }
+            Command::Convert { conv, total } => {
+                let work_dir = &self.env.work_dir;
+                if let Err(e) = crate::volumes::apply(work_dir, &conv) {
+                    tracing::error!(operation = conv.name(), "cannot apply to the volumes: {e}");
+                }
+                if let Err(e) = crate::volumes::checkpoint(work_dir, &total) {
+                    tracing::error!("cannot checkpoint the agent's resources: {e}");
+                }
+                tracing::info!(operation = conv.name(), resources = %conv.resources(), total = %total, "resources converted");
             }
             Command::Exit { reason } => {
                 tracing::error!(reason, "the master refused this agent; stopping");

@@ -76,6 +76,19 @@ pub struct InitIsolation {
     pub loopback: bool,
     /// Directory to bind-mount over `/tmp`.
     pub tmp: Option<PathBuf>,
+    /// Persistent volumes to bind-mount into the sandbox.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// One persistent volume in a task's mount namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    /// The volume's directory on the agent.
+    pub source: PathBuf,
+    /// Where the task sees it (inside the sandbox).
+    pub target: PathBuf,
+    pub read_only: bool,
 }
 
 /// The capabilities a task keeps in its bounding set (and holds, if it runs as root): the
@@ -260,6 +273,7 @@ fn run_task(run_dir: &Path) -> Report {
             iso.hostname.as_deref(),
             iso.tmp.as_deref().map(|t| (t, spec.sandbox.as_path())),
             iso.loopback,
+            &iso.volumes,
         ) {
             return Report::Failed(format!("cannot set up the container: {e}"));
         }

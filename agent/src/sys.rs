@@ -689,6 +689,7 @@ pub fn setup_container_namespaces(
     hostname: Option<&str>,
     tmp: Option<(&Path, &Path)>,
     loopback: bool,
+    volumes: &[crate::shim::VolumeMount],
 ) -> io::Result<()> {
     use nix::mount::{MsFlags, mount};
     let ctx = |what: &'static str| move |e: nix::Error| io::Error::other(format!("{what}: {e}"));
@@ -702,6 +703,16 @@ pub fn setup_container_namespaces(
         None::<&str>,
     )
     .map_err(ctx("mount /proc"))?;
+    // The volumes' directories are opened before /tmp is replaced (a work dir under /tmp
+    // would vanish from view), and bound by descriptor after.
+    let sources = volumes
+        .iter()
+        .map(|v| {
+            std::fs::File::open(&v.source).map_err(|e| {
+                io::Error::other(format!("open the volume {}: {e}", v.source.display()))
+            })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
     if let Some((tmp, sandbox)) = tmp {
         let keep = std::fs::File::open(sandbox)?;
         mount(Some(tmp), "/tmp", None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
@@ -711,6 +722,16 @@ pub fn setup_container_namespaces(
             let by_fd = format!("/proc/self/fd/{}", keep.as_raw_fd());
             mount(Some(by_fd.as_str()), sandbox, None::<&str>, MsFlags::MS_BIND, None::<&str>)
                 .map_err(ctx("bind the sandbox back under the new /tmp"))?;
+        }
+    }
+    for (v, src) in volumes.iter().zip(&sources) {
+        let by_fd = format!("/proc/self/fd/{}", src.as_raw_fd());
+        mount(Some(by_fd.as_str()), &v.target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(ctx("bind a persistent volume into the sandbox"))?;
+        if v.read_only {
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            mount(None::<&str>, &v.target, None::<&str>, flags, None::<&str>)
+                .map_err(ctx("make a persistent volume read-only"))?;
         }
     }
     if let Some(h) = hostname {

@@ -245,9 +245,10 @@ fn corral_dev_comes_up_runs_a_task_and_stops_clean() {
         })
         .collect();
     assert_eq!(agent_pids.len(), 2, "two agent processes");
-    // A long task on the cluster, to prove Ctrl-C kills tasks too.
+    // A long task on the cluster, to prove Ctrl-C kills tasks too (`sleep 317`: no other test
+    // in this binary runs it, so the leftover check below sees only this one).
     let mut long = Command::new(corral_bin())
-        .args(["run", "--master", &format!("127.0.0.1:{port}"), "--", "sleep", "300"])
+        .args(["run", "--master", &format!("127.0.0.1:{port}"), "--", "sleep", "317"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -269,7 +270,7 @@ fn corral_dev_comes_up_runs_a_task_and_stops_clean() {
     let _ = long.kill();
     let _ = long.wait();
     assert!(processes_mentioning(&work_str).is_empty(), "no master or agent left");
-    let left = leftovers("sleep\u{0}300", Duration::from_secs(2));
+    let left = leftovers("sleep\u{0}317", Duration::from_secs(2));
     assert!(left.is_empty(), "no task left: {left:?}");
     let root = corral_tests::cgroup_root().unwrap();
     for p in [port + 1, port + 2] {

@@ -17,10 +17,10 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::mesos::v1;
-use crate::resources::{Ranges, Resources, Scalar};
+use crate::resources::{Conversion, Ranges, Resources, Scalar};
 
 /// Bumped on any incompatible change; the master refuses other versions by name.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Agent -> master.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -61,6 +61,9 @@ pub enum MasterMessage {
     ShutdownFramework {
         framework_id: String,
     },
+    /// A RESERVE, UNRESERVE, CREATE or DESTROY the master applied to this agent's resources:
+    /// the agent applies it to its checkpointed total (and creates or deletes the volume).
+    Convert(Conversion),
 }
 
 /// What an agent says about itself when it (re-)registers.

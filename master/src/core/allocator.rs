@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use corral_wire::resources::{Resources, Scalar};
+use corral_wire::resources::{Conversion, ResourceError, Resources, Scalar};
 
 use super::time::Time;
 
@@ -147,7 +147,7 @@ impl Allocator {
         if self.agents.contains_key(id) {
             self.remove_agent(id);
         }
-        self.total.add(&total);
+        self.total.add(&total.scalars_only());
         self.agents.insert(
             id.to_string(),
             AgentSlot {
@@ -166,7 +166,7 @@ impl Allocator {
     /// Forgets an agent and everything allocated on it.
     pub fn remove_agent(&mut self, id: &str) {
         let Some(slot) = self.agents.remove(id) else { return };
-        self.total.subtract(&slot.total);
+        self.total.subtract(&slot.total.scalars_only());
         for ((fw, role), r) in slot.allocations {
             let r = r.scalars_only();
             if let Some(f) = self.frameworks.get_mut(&fw)
@@ -185,6 +185,50 @@ impl Allocator {
         if let Dirty::Agents(set) = &mut self.dirty {
             set.remove(id);
         }
+    }
+
+    /// Applies a RESERVE, UNRESERVE, CREATE or DESTROY to an agent: to its total, and, when
+    /// `held` names a (framework, role), to what that pair holds there (the converted
+    /// resources were offered to it); else the converted resources must be unallocated.
+    /// Quantities do not change, so neither do shares.
+    pub fn convert(
+        &mut self,
+        agent: &str,
+        held: Option<(&str, &str)>,
+        conv: &Conversion,
+    ) -> Result<(), ResourceError> {
+        let Some(a) = self.agents.get_mut(agent) else {
+            return Err(ResourceError::Invalid(format!("unknown agent {agent}")));
+        };
+        let total = a.total.apply(conv)?;
+        let allocated = match held {
+            Some(_) => a.allocated.apply(conv)?,
+            None => {
+                let free = a.total.minus(&a.allocated);
+                free.apply(conv)?;
+                a.allocated.clone()
+            }
+        };
+        let pair = match held {
+            Some((fw, role)) => {
+                let key = (fw.to_string(), role.to_string());
+                let converted = a.allocations.get(&key).cloned().unwrap_or_default().apply(conv)?;
+                Some((key, converted))
+            }
+            None => None,
+        };
+        a.total = total;
+        a.allocated = allocated;
+        if let Some((key, converted)) = pair {
+            a.allocations.insert(key, converted);
+        }
+        self.mark_dirty(agent);
+        Ok(())
+    }
+
+    /// An agent's total and what is allocated on it.
+    pub fn agent(&self, id: &str) -> Option<(&Resources, &Resources)> {
+        self.agents.get(id).map(|a| (&a.total, &a.allocated))
     }
 
     /// Stops offering an agent (disconnected, draining) without forgetting its allocations.
@@ -448,24 +492,26 @@ impl Allocator {
             };
         let mut out = Vec::new();
         for agent_id in agents {
-            let Some(agent) = self.agents.get(&agent_id) else { continue };
-            if !agent.active {
-                continue;
-            }
-            let available = agent.total.minus(&agent.allocated);
-            if !self.allocatable(&available) {
-                continue;
-            }
-            if let Some((fw, role)) = self.pick(&agent_id, &available) {
-                self.allocate_to(&fw, &agent_id, &role, &available);
-                out.push(Allocation { framework: fw, agent: agent_id, role, resources: available });
+            // One agent can go to several roles: what is reserved for one role is offered
+            // only to it, and what the first pick leaves (others' reservations) goes on.
+            while let Some(agent) = self.agents.get(&agent_id).filter(|a| a.active) {
+                let available = agent.total.minus(&agent.allocated);
+                let Some((fw, role, offer)) = self.pick(&agent_id, &available) else { break };
+                self.allocate_to(&fw, &agent_id, &role, &offer);
+                out.push(Allocation {
+                    framework: fw,
+                    agent: agent_id.clone(),
+                    role,
+                    resources: offer,
+                });
             }
         }
         out
     }
 
-    /// The (framework, role) that gets `available` on `agent`, by two-level DRF.
-    fn pick(&self, agent: &str, available: &Resources) -> Option<(String, String)> {
+    /// The (framework, role) that gets what it may be offered of `available` on `agent`
+    /// (unreserved and reserved for the role), by two-level DRF.
+    fn pick(&self, agent: &str, available: &Resources) -> Option<(String, String, Resources)> {
         let mut roles: Vec<(f64, &String)> = self
             .roles
             .iter()
@@ -474,6 +520,10 @@ impl Allocator {
             .collect();
         roles.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
         for (_, role) in roles {
+            let offerable = available.offerable_to(role);
+            if !self.allocatable(&offerable) {
+                continue;
+            }
             let mut fws: Vec<(f64, &String)> = self.roles[role]
                 .frameworks
                 .iter()
@@ -483,7 +533,7 @@ impl Allocator {
                         return None;
                     }
                     if let Some(filter) = f.filters.get(&(role.clone(), agent.to_string()))
-                        && filter.refused.contains(available)
+                        && filter.refused.contains(&offerable)
                     {
                         return None;
                     }
@@ -493,7 +543,7 @@ impl Allocator {
                 .collect();
             fws.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
             if let Some((_, fw)) = fws.first() {
-                return Some(((*fw).clone(), role.clone()));
+                return Some(((*fw).clone(), role.clone(), offerable));
             }
         }
         None

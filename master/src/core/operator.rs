@@ -15,6 +15,7 @@ use corral_wire::mesos::v1::master::{self as op, call, event, response};
 use corral_wire::mesos::v1::{self, AgentId, FrameworkId};
 use corral_wire::mesos::{IdExt as _, is_terminal, validate_role};
 use corral_wire::proto::MasterMessage;
+use corral_wire::resources::{Conversion, Resources};
 
 use super::{
     Agent, AgentState, CallError, Command, Framework, Master, StreamId, Task, Time, update_event,
@@ -373,14 +374,144 @@ impl Master {
                 Result::Ok(Ok)
             }
             T::Subscribe => Err(CallError::BadRequest("SUBSCRIBE opens a stream".into())),
-            T::ReserveResources
-            | T::UnreserveResources
-            | T::CreateVolumes
-            | T::DestroyVolumes
-            | T::GrowVolume
-            | T::ShrinkVolume => Err(CallError::NotImplemented),
+            T::ReserveResources | T::UnreserveResources | T::CreateVolumes | T::DestroyVolumes => {
+                let (agent, conv) = operator_conversion(c).map_err(CallError::BadRequest)?;
+                self.convert_unallocated(&agent, &conv)?;
+                Result::Ok(OperatorResponse::Accepted)
+            }
+            T::GrowVolume | T::ShrinkVolume => Err(CallError::NotImplemented),
             _ => Err(CallError::NotImplemented),
         }
+    }
+
+    /// A RESERVE, UNRESERVE, CREATE or DESTROY inside an ACCEPT: applied to what remains of
+    /// the offers, to the allocation (the converted resources stay with the framework until
+    /// it uses or declines them), to the agent's total, and sent to the agent.
+    pub(super) fn convert_offered(
+        &mut self,
+        fid: &str,
+        agent: &str,
+        role: &str,
+        conv: &Conversion,
+        remaining: &mut Resources,
+    ) -> Result<(), String> {
+        self.check_conversion(Some(fid), role, conv)?;
+        let converted = remaining.apply(conv).map_err(|e| e.to_string())?;
+        self.allocator.convert(agent, Some((fid, role)), conv).map_err(|e| e.to_string())?;
+        *remaining = converted;
+        self.converted(agent, conv);
+        Ok(())
+    }
+
+    /// The operator's RESERVE_RESOURCES, UNRESERVE_RESOURCES, CREATE_VOLUMES and
+    /// DESTROY_VOLUMES: applied to an agent's unallocated resources, rescinding its
+    /// outstanding offers first if they hold what is needed (409 if still short).
+    fn convert_unallocated(&mut self, agent: &str, conv: &Conversion) -> Result<(), CallError> {
+        let a = self.known_agent(agent)?;
+        if a.state != AgentState::Connected {
+            return Err(CallError::Conflict(format!("Agent {agent} is not connected")));
+        }
+        // Operator reservations name their role; the allocation role check does not apply.
+        for (key, _) in conv.resources().iter() {
+            if let Some(role) = key.role() {
+                validate_role(role)
+                    .map_err(|e| CallError::BadRequest(format!("Invalid role: {e}")))?;
+            }
+        }
+        let (consumed, _) =
+            conv.consumed_and_converted().map_err(|e| CallError::BadRequest(e.to_string()))?;
+        let free =
+            |m: &Master| m.allocator.agent(agent).map(|(t, a)| t.minus(a)).unwrap_or_default();
+        if !free(self).contains(&consumed) {
+            self.rescind_agent_offers(agent);
+        }
+        if !free(self).contains(&consumed) {
+            return Err(CallError::Conflict(format!(
+                "Invalid {} Operation: the agent's unallocated resources {} do not contain {}",
+                conv.name(),
+                free(self),
+                consumed
+            )));
+        }
+        self.allocator
+            .convert(agent, None, conv)
+            .map_err(|e| CallError::Conflict(e.to_string()))?;
+        self.converted(agent, conv);
+        Ok(())
+    }
+
+    /// Mesos' checks on who may convert what: reservations only for the offers' allocation
+    /// role, by the framework's own principal.
+    fn check_conversion(
+        &self,
+        fid: Option<&str>,
+        role: &str,
+        conv: &Conversion,
+    ) -> Result<(), String> {
+        let principal =
+            fid.and_then(|f| self.frameworks.get(f)).and_then(|f| f.info.principal.clone());
+        for (key, _) in conv.resources().iter() {
+            let Some(r) = &key.reservation else { continue };
+            if r.role != role {
+                return Err(format!(
+                    "Invalid {} Operation: the reserved role '{}' is not the offers' allocation role '{role}'",
+                    conv.name(),
+                    r.role
+                ));
+            }
+            if matches!(conv, Conversion::Reserve(_))
+                && let (Some(p), Some(want)) = (&r.principal, &principal)
+                && p != want
+            {
+                return Err(format!(
+                    "Invalid RESERVE Operation: the reservation's principal '{p}' is not the framework's principal '{want}'"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The master's view of the agent follows a conversion, and the agent is told.
+    fn converted(&mut self, agent: &str, conv: &Conversion) {
+        if let Some(a) = self.agents.get_mut(agent) {
+            match a.registration.resources.apply(conv) {
+                Result::Ok(total) => a.registration.resources = total,
+                Err(e) => {
+                    tracing::error!(agent, error = %e, "agent total out of step with the allocator")
+                }
+            }
+        }
+        tracing::info!(agent, operation = conv.name(), resources = %conv.resources(), "resources converted");
+        self.send_agent(agent, MasterMessage::Convert(conv.clone()));
+        self.emit_agent_added(agent);
+    }
+
+    /// UPDATE_OPERATION_STATUS for an offer operation that carried an id: OPERATION_FINISHED,
+    /// or OPERATION_ERROR with the reason. Master-generated: no uuid, nothing to acknowledge.
+    pub(super) fn operation_feedback(
+        &mut self,
+        fid: &str,
+        agent: &str,
+        id: v1::OperationId,
+        result: Result<(), String>,
+    ) {
+        let (state, message) = match result {
+            Result::Ok(()) => (v1::OperationState::OperationFinished, None),
+            Err(e) => (v1::OperationState::OperationError, Some(e)),
+        };
+        let status = v1::OperationStatus {
+            operation_id: Some(id),
+            state: state as i32,
+            message,
+            agent_id: Some(AgentId::from_str(agent)),
+            ..Default::default()
+        };
+        let event = v1::scheduler::Event {
+            r#type: Some(v1::scheduler::event::Type::UpdateOperationStatus as i32),
+            update_operation_status: Some(v1::scheduler::event::UpdateOperationStatus { status }),
+            ..Default::default()
+        };
+        self.send_event(fid, event);
     }
 
     fn update_weights(&mut self, infos: Vec<v1::WeightInfo>) -> Result<(), CallError> {
@@ -680,6 +811,49 @@ impl Master {
         self.emit_task_updated(fid, &status);
         self.send_event(fid, update_event(status));
     }
+}
+
+/// The [`Conversion`] an offer operation asks for.
+pub(super) fn conversion_of(op: &v1::offer::Operation) -> Result<Conversion, String> {
+    use v1::offer::operation::Type as T;
+    let t = op.r#type.and_then(|t| T::try_from(t).ok()).unwrap_or(T::Unknown);
+    let missing = |name: &str| format!("Expecting '{name}' to be present");
+    let parse = |r: &[v1::Resource]| Resources::from_mesos(r).map_err(|e| e.to_string());
+    let conv = match t {
+        T::Reserve => Conversion::Reserve(parse(
+            &op.reserve.as_ref().ok_or_else(|| missing("reserve"))?.resources,
+        )?),
+        T::Unreserve => Conversion::Unreserve(parse(
+            &op.unreserve.as_ref().ok_or_else(|| missing("unreserve"))?.resources,
+        )?),
+        T::Create => Conversion::Create(parse(
+            &op.create.as_ref().ok_or_else(|| missing("create"))?.volumes,
+        )?),
+        T::Destroy => Conversion::Destroy(parse(
+            &op.destroy.as_ref().ok_or_else(|| missing("destroy"))?.volumes,
+        )?),
+        other => return Err(format!("{} is not a conversion", other.as_str_name())),
+    };
+    conv.consumed_and_converted().map_err(|e| e.to_string())?;
+    Ok(conv)
+}
+
+/// The agent and [`Conversion`] of an operator RESERVE_RESOURCES, UNRESERVE_RESOURCES,
+/// CREATE_VOLUMES or DESTROY_VOLUMES.
+fn operator_conversion(c: op::Call) -> Result<(String, Conversion), String> {
+    let parse = |r: &[v1::Resource]| Resources::from_mesos(r).map_err(|e| e.to_string());
+    let (agent, conv) = if let Some(r) = c.reserve_resources {
+        (r.agent_id.value, Conversion::Reserve(parse(&r.resources)?))
+    } else if let Some(r) = c.unreserve_resources {
+        (r.agent_id.value, Conversion::Unreserve(parse(&r.resources)?))
+    } else if let Some(r) = c.create_volumes {
+        (r.agent_id.value, Conversion::Create(parse(&r.volumes)?))
+    } else if let Some(r) = c.destroy_volumes {
+        (r.agent_id.value, Conversion::Destroy(parse(&r.volumes)?))
+    } else {
+        return Err("no operation".into());
+    };
+    Ok((agent, conv))
 }
 
 /// An event of type `t` with one member set by `fill`.

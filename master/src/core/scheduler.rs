@@ -29,6 +29,9 @@ pub enum CallError {
     /// 403.
     #[error("{0}")]
     Forbidden(String),
+    /// 409.
+    #[error("{0}")]
+    Conflict(String),
     /// 501.
     #[error("not implemented")]
     NotImplemented,
@@ -548,8 +551,28 @@ impl Master {
                         self.send_event(fid, update_event(status));
                     }
                 }
+                v1::offer::operation::Type::Reserve
+                | v1::offer::operation::Type::Unreserve
+                | v1::offer::operation::Type::Create
+                | v1::offer::operation::Type::Destroy => {
+                    let id = op.id.clone();
+                    let result = super::operator::conversion_of(&op).and_then(|conv| {
+                        self.convert_offered(fid, &agent, &role, &conv, &mut remaining)
+                    });
+                    if let Err(e) = &result {
+                        tracing::info!(framework = %fid, error = %e, "dropping an offer operation");
+                    }
+                    if let Some(id) = id {
+                        self.operation_feedback(fid, &agent, id, result);
+                    }
+                }
                 other => {
-                    tracing::warn!(framework = %fid, operation = ?other, "offer operation not supported yet; ignored");
+                    tracing::warn!(framework = %fid, operation = ?other, "offer operation not supported; ignored");
+                    if let Some(id) = op.id {
+                        let result =
+                            Err(format!("Operation {} is not supported", other.as_str_name()));
+                        self.operation_feedback(fid, &agent, id, result);
+                    }
                 }
             }
         }
@@ -705,6 +728,14 @@ impl Master {
             .map_err(|e| format!("Task uses invalid resources: {e}"))?;
         if resources.is_empty() {
             return Err("Task uses no resources".into());
+        }
+        for (key, vol) in resources.volumes() {
+            if resources.get(key) != available.get(key) {
+                return Err(format!(
+                    "Task uses persistent volume '{}' partially: a volume is used whole",
+                    vol.id
+                ));
+            }
         }
         if !available.contains(&resources) {
             return Err(format!(

@@ -1054,3 +1054,245 @@ fn weights_are_validated_updated_and_listed() {
     let roles = m.get_roles().roles;
     assert_eq!((roles[0].name.as_str(), roles[0].weight), ("eng", 2.5));
 }
+
+// -- reservations and persistent volumes --------------------------------------------------------
+
+use corral_wire::resources::{Conversion, Key, Reservation, Scalar as Sc, Value as Val, Volume};
+
+#[allow(deprecated)]
+fn role_framework(name: &str, role: &str) -> v1::FrameworkInfo {
+    v1::FrameworkInfo { role: Some(role.into()), ..framework_info(name, &[]) }
+}
+
+fn dyn_reserved(name: &str, role: &str, v: f64) -> Resources {
+    let mut r = Resources::new();
+    r.insert(
+        Key {
+            name: name.into(),
+            reservation: Some(Reservation { role: role.into(), dynamic: true, principal: None }),
+            volume: None,
+        },
+        Val::Scalar(Sc::from_f64(v)),
+    );
+    r
+}
+
+fn volume_res(role: &str, id: &str, mb: f64) -> Resources {
+    let mut r = Resources::new();
+    r.insert(
+        Key {
+            name: "disk".into(),
+            reservation: Some(Reservation { role: role.into(), dynamic: true, principal: None }),
+            volume: Some(Volume {
+                id: id.into(),
+                principal: None,
+                container_path: "data".into(),
+                read_only: false,
+            }),
+        },
+        Val::Scalar(Sc::from_f64(mb)),
+    );
+    r
+}
+
+fn accept_ops(fid: &str, offer: &v1::Offer, ops: Vec<v1::offer::Operation>) -> Call {
+    Call {
+        framework_id: fid_of(fid),
+        r#type: Some(call::Type::Accept as i32),
+        accept: Some(call::Accept {
+            offer_ids: vec![offer.id.clone()],
+            operations: ops,
+            filters: Some(v1::Filters { refuse_seconds: Some(0.0) }),
+        }),
+        ..Default::default()
+    }
+}
+
+fn op_of(t: v1::offer::operation::Type, r: &Resources, id: Option<&str>) -> v1::offer::Operation {
+    use v1::offer::operation as o;
+    let list = r.to_mesos(None);
+    let mut op = v1::offer::Operation {
+        r#type: Some(t as i32),
+        id: id.map(|i| v1::OperationId { value: i.into() }),
+        ..Default::default()
+    };
+    match t {
+        o::Type::Reserve => op.reserve = Some(o::Reserve { resources: list, source: Vec::new() }),
+        o::Type::Unreserve => op.unreserve = Some(o::Unreserve { resources: list }),
+        o::Type::Create => op.create = Some(o::Create { volumes: list }),
+        o::Type::Destroy => op.destroy = Some(o::Destroy { volumes: list }),
+        _ => unreachable!(),
+    }
+    op
+}
+
+fn offered(o: &v1::Offer) -> Resources {
+    Resources::from_mesos(&o.resources).unwrap()
+}
+
+#[test]
+fn a_reservation_made_in_an_accept_is_offered_to_its_role_only() {
+    use v1::offer::operation::Type as O;
+    let mut m = master();
+    let agent = add_agent(&mut m, t(0), 1, "cpus:2;mem:256");
+    let fid = subscribe(&mut m, t(0), 10, role_framework("eng-fw", "eng"));
+    let offer = offers_on(&drain(&mut m), 10).remove(0);
+    let want = dyn_reserved("cpus", "eng", 1.0).plus(&dyn_reserved("mem", "eng", 64.0));
+    let cmds = call_ok(
+        &mut m,
+        t(1),
+        10,
+        accept_ops(&fid, &offer, vec![op_of(O::Reserve, &want, Some("op1"))]),
+    );
+    // Feedback for the operation id, the agent told, and the whole agent offered again with
+    // the reservation in it.
+    let status = events_on(&cmds, 10)
+        .into_iter()
+        .find_map(|e| e.update_operation_status)
+        .expect("UPDATE_OPERATION_STATUS");
+    assert_eq!(status.status.state(), v1::OperationState::OperationFinished);
+    assert!(
+        to_agent(&cmds, 1).contains(&MasterMessage::Convert(Conversion::Reserve(want.clone())))
+    );
+    let again = offered(&offers_on(&cmds, 10)[0]);
+    assert_eq!(again.reserved_for("eng"), want);
+    assert_eq!(again.unreserved(), Resources::parse("cpus:1;mem:192").unwrap());
+    assert_eq!(m.agents()[&agent].total().reserved_for("eng"), want);
+    m.allocator().check_invariants().unwrap();
+
+    // A framework of another role: offered only what is unreserved, even while eng's
+    // framework is suppressed.
+    call_ok(
+        &mut m,
+        t(2),
+        10,
+        Call {
+            framework_id: fid_of(&fid),
+            r#type: Some(call::Type::Suppress as i32),
+            ..Default::default()
+        },
+    );
+    let offer = offers_on(&drain(&mut m), 10);
+    assert!(offer.is_empty());
+    subscribe(&mut m, t(2), 11, role_framework("ops-fw", "ops"));
+    // eng's offer is still out until declined; decline it.
+    let id = m.offers().values().find(|o| o.framework_id == fid).map(|o| o.id.clone()).unwrap();
+    let decline = Call {
+        framework_id: fid_of(&fid),
+        r#type: Some(call::Type::Decline as i32),
+        decline: Some(call::Decline { offer_ids: vec![v1::OfferId { value: id }], filters: None }),
+        ..Default::default()
+    };
+    let ops_offers = offers_on(&call_ok(&mut m, t(2), 10, decline), 11);
+    assert!(!ops_offers.is_empty());
+    for o in &ops_offers {
+        assert!(
+            offered(o).reservation_roles().is_empty(),
+            "ops must not see eng's reservation: {:?}",
+            offered(o)
+        );
+    }
+    m.allocator().check_invariants().unwrap();
+}
+
+#[test]
+fn volumes_are_created_used_whole_and_destroyed_then_unreserved() {
+    use v1::offer::operation::Type as O;
+    let mut m = master();
+    add_agent(&mut m, t(0), 1, "cpus:2;mem:256;disk:1000");
+    let fid = subscribe(&mut m, t(0), 10, role_framework("eng-fw", "eng"));
+    let offer = offers_on(&drain(&mut m), 10).remove(0);
+    let disk = dyn_reserved("disk", "eng", 100.0);
+    let vol = volume_res("eng", "v1", 100.0);
+    let ops = vec![op_of(O::Reserve, &disk, None), op_of(O::Create, &vol, Some("c1"))];
+    let cmds = call_ok(&mut m, t(1), 10, accept_ops(&fid, &offer, ops));
+    assert_eq!(
+        to_agent(&cmds, 1).iter().filter(|msg| matches!(msg, MasterMessage::Convert(_))).count(),
+        2
+    );
+    let offer = offers_on(&cmds, 10).remove(0);
+    assert_eq!(offered(&offer).volumes().count(), 1, "the volume is offered back to its role");
+    // A task using half the volume is refused; the whole volume is accepted.
+    let task = |id: &str, r: &Resources| v1::TaskInfo {
+        name: id.into(),
+        task_id: v1::TaskId { value: id.into() },
+        agent_id: offer.agent_id.clone(),
+        resources: r.to_mesos(None),
+        command: Some(v1::CommandInfo { value: Some("true".into()), ..Default::default() }),
+        ..Default::default()
+    };
+    let launch = |tasks: Vec<v1::TaskInfo>| v1::offer::Operation {
+        r#type: Some(O::Launch as i32),
+        launch: Some(v1::offer::operation::Launch { task_infos: tasks }),
+        ..Default::default()
+    };
+    let half = Resources::parse("cpus:0.1;mem:32").unwrap().plus(&volume_res("eng", "v1", 50.0));
+    let whole = Resources::parse("cpus:0.1;mem:32").unwrap().plus(&vol);
+    let cmds = call_ok(
+        &mut m,
+        t(2),
+        10,
+        accept_ops(&fid, &offer, vec![launch(vec![task("half", &half), task("whole", &whole)])]),
+    );
+    let u = updates_on(&cmds, 10);
+    assert_eq!(u.len(), 1, "{u:?}");
+    assert_eq!(u[0].state(), TaskState::TaskError);
+    assert!(u[0].message().contains("partially"), "{:?}", u[0].message);
+    let run = to_agent(&cmds, 1).into_iter().find_map(|msg| match msg {
+        MasterMessage::RunTask(r) => Some(r),
+        _ => None,
+    });
+    assert_eq!(run.unwrap().task.resources.volumes().count(), 1, "the agent learns the volume");
+    // While the task runs the volume is not offered (it is in use); when it finishes and is
+    // acknowledged, it comes back and can be destroyed and unreserved.
+    m.agent_message(t(3), 1, status(&fid, "whole", TaskState::TaskFinished, 9));
+    let cmds = drain(&mut m);
+    let back: Vec<_> = offers_on(&cmds, 10);
+    assert!(back.iter().any(|o| offered(o).volumes().count() == 1), "{back:?}");
+    let offer = back.into_iter().find(|o| offered(o).volumes().count() == 1).unwrap();
+    let ops = vec![op_of(O::Destroy, &vol, None), op_of(O::Unreserve, &disk, None)];
+    let cmds = call_ok(&mut m, t(4), 10, accept_ops(&fid, &offer, ops));
+    let again = offers_on(&cmds, 10);
+    let all: Resources = again.iter().fold(Resources::new(), |mut acc, o| {
+        acc.add(&offered(o));
+        acc
+    });
+    assert!(all.reservation_roles().is_empty(), "{all}");
+    m.allocator().check_invariants().unwrap();
+}
+
+#[test]
+fn operator_reservations_take_unallocated_resources_or_conflict() {
+    let mut m = master();
+    let agent = add_agent(&mut m, t(0), 1, "cpus:2;mem:256");
+    let reserve = |r: &Resources| {
+        op_call(op::call::Type::ReserveResources, |c| {
+            c.reserve_resources = Some(op::call::ReserveResources {
+                agent_id: v1::AgentId { value: agent.clone() },
+                source: Vec::new(),
+                resources: r.to_mesos(None),
+            })
+        })
+    };
+    let want = dyn_reserved("cpus", "eng", 1.5);
+    assert_eq!(m.operator_call(t(1), reserve(&want)), Ok(OperatorResponse::Accepted));
+    assert!(
+        to_agent(&drain(&mut m), 1)
+            .contains(&MasterMessage::Convert(Conversion::Reserve(want.clone())))
+    );
+    // Only 0.5 unreserved cpus are left.
+    let r = m.operator_call(t(2), reserve(&dyn_reserved("cpus", "ops", 1.0)));
+    assert!(
+        matches!(r, Err(CallError::Conflict(ref msg)) if msg.contains("do not contain")),
+        "{r:?}"
+    );
+    // An offer holding the agent is rescinded to make room.
+    subscribe(&mut m, t(3), 10, framework_info("fw", &[]));
+    assert_eq!(offers_on(&drain(&mut m), 10).len(), 1);
+    let r = m.operator_call(t(4), reserve(&dyn_reserved("mem", "eng", 128.0)));
+    assert_eq!(r, Ok(OperatorResponse::Accepted));
+    let cmds = drain(&mut m);
+    assert!(events_on(&cmds, 10).iter().any(|e| e.r#type() == event::Type::Rescind));
+    assert_eq!(m.agents()[&agent].total().reserved_for("eng").scalar("mem"), Sc(128_000));
+    m.allocator().check_invariants().unwrap();
+}

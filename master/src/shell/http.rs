@@ -337,6 +337,7 @@ fn call_error(e: CallError) -> Response {
     match e {
         CallError::BadRequest(m) => bad_request(m),
         CallError::Forbidden(m) => text(StatusCode::FORBIDDEN, m),
+        CallError::Conflict(m) => text(StatusCode::CONFLICT, m),
         CallError::NotImplemented => StatusCode::NOT_IMPLEMENTED.into_response(),
     }
 }
