@@ -146,6 +146,7 @@ pub struct Cluster {
     pub master: Proc,
     pub master_port: u16,
     master_args: Vec<String>,
+    agent_args: Vec<Vec<String>>,
     pub agents: Vec<Proc>,
     /// Each agent's HTTP port (the `port` of its entry in /state).
     pub agent_ports: Vec<u16>,
@@ -184,6 +185,7 @@ impl Cluster {
             master,
             master_port,
             master_args,
+            agent_args: Vec::new(),
             agents: Vec::new(),
             agent_ports: Vec::new(),
             agent_cgroups: Vec::new(),
@@ -212,6 +214,14 @@ impl Cluster {
             }
         }
         self.wait_http_ready();
+    }
+
+    /// Stops agent `i` (SIGTERM: its tasks are killed) and starts it again with the same
+    /// flags and work dir.
+    pub fn restart_agent(&mut self, i: usize) {
+        self.agents[i].stop(Signal::SIGTERM, Duration::from_secs(20));
+        let args: Vec<&str> = self.agent_args[i].iter().map(String::as_str).collect();
+        self.agents[i] = spawn(&format!("agent-{i}-restarted"), self.dir.path(), &args);
     }
 
     pub fn master_addr(&self) -> MasterAddr {
@@ -257,9 +267,10 @@ impl Cluster {
         .map(String::from)
         .chain(extra.iter().cloned())
         .collect();
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let agent = spawn(&format!("agent-{i}"), self.dir.path(), &args);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let agent = spawn(&format!("agent-{i}"), self.dir.path(), &argv);
         self.agents.push(agent);
+        self.agent_args.push(args);
         self.agent_ports.push(port);
         if let Some(root) = cgroup_root() {
             self.agent_cgroups.push(root.join(parent));

@@ -466,8 +466,10 @@ impl Allocator {
         }
     }
 
+    /// Whether `r` is worth offering: its quantities (reserved or not) cover one minimum.
     fn allocatable(&self, r: &Resources) -> bool {
-        self.config.min_allocatable.iter().any(|min| r.contains(min))
+        let quantities = r.scalars_only();
+        self.config.min_allocatable.iter().any(|min| quantities.contains(min))
     }
 
     /// Dominant share of `alloc` in the cluster.

@@ -1296,3 +1296,24 @@ fn operator_reservations_take_unallocated_resources_or_conflict() {
     assert_eq!(m.agents()[&agent].total().reserved_for("eng").scalar("mem"), Sc(128_000));
     m.allocator().check_invariants().unwrap();
 }
+
+#[test]
+fn an_agent_reserved_whole_for_a_role_is_still_offered_to_it() {
+    let mut m = master();
+    let agent = add_agent(&mut m, t(0), 1, "cpus:1;mem:64");
+    let all = dyn_reserved("cpus", "eng", 1.0).plus(&dyn_reserved("mem", "eng", 64.0));
+    let c = op_call(op::call::Type::ReserveResources, |c| {
+        c.reserve_resources = Some(op::call::ReserveResources {
+            agent_id: v1::AgentId { value: agent.clone() },
+            source: Vec::new(),
+            resources: all.to_mesos(None),
+        })
+    });
+    assert_eq!(m.operator_call(t(1), c), Ok(OperatorResponse::Accepted));
+    subscribe(&mut m, t(2), 10, framework_info("star", &[]));
+    assert!(offers_on(&drain(&mut m), 10).is_empty(), "nothing unreserved");
+    subscribe(&mut m, t(2), 11, role_framework("eng-fw", "eng"));
+    let offers = offers_on(&drain(&mut m), 11);
+    assert_eq!(offers.len(), 1, "reserved quantities count towards the minimum");
+    assert_eq!(offered(&offers[0]), all);
+}

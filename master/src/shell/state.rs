@@ -208,8 +208,14 @@ fn agent_json(m: &Master, a: &Agent) -> Value {
     o.insert("resources".into(), reg.resources.to_summary_json());
     o.insert("used_resources".into(), used.to_summary_json());
     o.insert("offered_resources".into(), offered.to_summary_json());
-    o.insert("reserved_resources".into(), json!({}));
-    o.insert("unreserved_resources".into(), reg.resources.to_summary_json());
+    let reserved: Map<String, Value> = reg
+        .resources
+        .reservation_roles()
+        .into_iter()
+        .map(|role| (role.to_string(), reg.resources.reserved_for(role).to_summary_json()))
+        .collect();
+    o.insert("reserved_resources".into(), Value::Object(reserved));
+    o.insert("unreserved_resources".into(), reg.resources.unreserved().to_summary_json());
     o.insert("active".into(), json!(a.state == AgentState::Connected && !a.deactivated));
     o.insert("deactivated".into(), json!(a.deactivated));
     if let Some(d) = &a.drain {
