@@ -135,7 +135,14 @@ fn synchronous_calls_answer_in_json_and_protobuf_alike() {
         json!({"type": "UPDATE_WEIGHTS", "update_weights": {"weight_infos": [{"role": "eng", "weight": 2.5}]}}),
         200,
     );
+    call_empty(
+        port,
+        json!({"type": "UPDATE_QUOTA", "update_quota": {"force": true, "quota_configs": [
+            {"role": "eng", "guarantees": {"cpus": {"value": 1.0}}, "limits": {"cpus": {"value": 2.0}, "mem": {"value": 512.0}}}]}}),
+        200,
+    );
     let calls = [
+        json!({"type": "GET_QUOTA"}),
         json!({"type": "GET_HEALTH"}),
         json!({"type": "GET_FLAGS"}),
         json!({"type": "GET_VERSION"}),
@@ -192,6 +199,11 @@ fn synchronous_calls_answer_in_json_and_protobuf_alike() {
     assert_eq!(agent["agent_info"]["id"]["value"], c.agent_id(0).as_str());
     let total = agent["total_resources"].as_array().unwrap();
     assert!(total.iter().any(|r| r["name"] == "cpus" && r["scalar"]["value"] == 4.0), "{agent}");
+    let q = call(port, json!({"type": "GET_QUOTA"}));
+    let config = &q["get_quota"]["status"]["configs"][0];
+    assert_eq!(config["role"], "eng", "{q}");
+    assert_eq!(config["guarantees"], json!({"cpus": {"value": 1.0}}), "{q}");
+    assert_eq!(config["limits"]["mem"], json!({"value": 512.0}), "{q}");
     let m = call(port, json!({"type": "GET_MASTER"}));
     assert_eq!(m["get_master"]["master_info"]["port"], port);
     let roles = call(port, json!({"type": "GET_ROLES"}));

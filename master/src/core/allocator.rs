@@ -20,7 +20,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use corral_wire::resources::{Conversion, ResourceError, Resources, Scalar};
+use corral_wire::resources::{Conversion, Key, ResourceError, Resources, Scalar, Value};
 
 use super::time::Time;
 
@@ -51,6 +51,21 @@ impl Default for AllocatorConfig {
                 Resources::new().with_scalar("mem", 32.0),
             ],
         }
+    }
+}
+
+/// A role's quota (operator UPDATE_QUOTA): scalar quantities by name. `limits` caps what the
+/// role holds (offered and used); `guarantees` are held back from other roles while the role
+/// holds less. A name without a limit is unlimited.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Quota {
+    pub guarantees: Resources,
+    pub limits: Resources,
+}
+
+impl Quota {
+    pub fn is_default(&self) -> bool {
+        self.guarantees.is_empty() && self.limits.iter().next().is_none()
     }
 }
 
@@ -100,6 +115,7 @@ pub struct Allocator {
     frameworks: HashMap<String, FrameworkSlot>,
     roles: BTreeMap<String, RoleSlot>,
     weights: HashMap<String, f64>,
+    quotas: BTreeMap<String, Quota>,
     /// Sum of all agents' totals: the denominator of every share.
     total: Resources,
     dirty: Dirty,
@@ -115,6 +131,7 @@ impl Allocator {
             frameworks: HashMap::new(),
             roles: BTreeMap::new(),
             weights: HashMap::new(),
+            quotas: BTreeMap::new(),
             total: Resources::new(),
             dirty: Dirty::Agents(BTreeSet::new()),
             expiries: BTreeSet::new(),
@@ -374,6 +391,75 @@ impl Allocator {
         self.weights.get(role).copied().unwrap_or(1.0)
     }
 
+    /// Sets a role's quota (the default quota removes it).
+    pub fn set_quota(&mut self, role: &str, quota: Quota) {
+        if quota.is_default() {
+            self.quotas.remove(role);
+        } else {
+            self.quotas.insert(role.to_string(), quota);
+        }
+        self.mark_all_dirty();
+    }
+
+    pub fn quotas(&self) -> &BTreeMap<String, Quota> {
+        &self.quotas
+    }
+
+    /// What a role holds (offered and used), by name.
+    pub fn role_allocated(&self, role: &str) -> Resources {
+        self.roles.get(role).map(|r| r.allocated.clone()).unwrap_or_default()
+    }
+
+    /// Unreserved resources free on active agents, by name: what guarantees are held from.
+    fn free_unreserved(&self) -> Resources {
+        let mut free = Resources::new();
+        for a in self.agents.values().filter(|a| a.active) {
+            free.add(&a.total.minus(&a.allocated).unreserved().scalars_only());
+        }
+        free
+    }
+
+    /// What guarantees hold back from `role`: for every other role with a guarantee, what it
+    /// still lacks of it.
+    fn headroom_for_others(&self, role: &str) -> Resources {
+        let mut need = Resources::new();
+        for (r, q) in &self.quotas {
+            if r == role {
+                continue;
+            }
+            let held = self.role_allocated(r);
+            need.add(&q.guarantees.minus(&held));
+        }
+        need
+    }
+
+    /// Whether `role` holds less than its guarantee of some resource.
+    fn below_guarantee(&self, role: &str) -> bool {
+        self.quotas.get(role).is_some_and(|q| !self.role_allocated(role).contains(&q.guarantees))
+    }
+
+    /// `offer` cut to `role`'s limits and to what other roles' guarantees leave (`free`: the
+    /// cluster's free unreserved resources, when some guarantee exists).
+    fn fit_quota(&self, role: &str, offer: Resources, free: Option<&Resources>) -> Resources {
+        let mut offer = offer;
+        if let Some(q) = self.quotas.get(role) {
+            let held = self.role_allocated(role);
+            for (key, v) in q.limits.iter() {
+                let Value::Scalar(limit) = v else { continue };
+                let room = Scalar((limit.0 - held.scalar(&key.name).0).max(0));
+                offer = cap(offer, &key.name, room, false);
+            }
+        }
+        if let Some(free) = free {
+            let need = self.headroom_for_others(role);
+            for (name, want) in need.scalars() {
+                let spare = Scalar((free.scalar(name).0 - want.0).max(0));
+                offer = cap(offer, name, spare, true);
+            }
+        }
+        offer
+    }
+
     fn gc_roles(&mut self) {
         self.roles.retain(|_, r| !r.frameworks.is_empty() || !r.allocated.is_empty());
     }
@@ -493,13 +579,22 @@ impl Allocator {
                 Dirty::Agents(set) => set.into_iter().collect(),
             };
         let mut out = Vec::new();
+        let mut free =
+            self.quotas.values().any(|q| !q.guarantees.is_empty()).then(|| self.free_unreserved());
         for agent_id in agents {
             // One agent can go to several roles: what is reserved for one role is offered
-            // only to it, and what the first pick leaves (others' reservations) goes on.
+            // only to it, and what the first pick leaves (others' reservations, quota cuts)
+            // goes on.
             while let Some(agent) = self.agents.get(&agent_id).filter(|a| a.active) {
                 let available = agent.total.minus(&agent.allocated);
-                let Some((fw, role, offer)) = self.pick(&agent_id, &available) else { break };
+                let Some((fw, role, offer)) = self.pick(&agent_id, &available, free.as_ref())
+                else {
+                    break;
+                };
                 self.allocate_to(&fw, &agent_id, &role, &offer);
+                if let Some(free) = free.as_mut() {
+                    free.subtract(&offer.unreserved().scalars_only());
+                }
                 out.push(Allocation {
                     framework: fw,
                     agent: agent_id.clone(),
@@ -513,16 +608,26 @@ impl Allocator {
 
     /// The (framework, role) that gets what it may be offered of `available` on `agent`
     /// (unreserved and reserved for the role), by two-level DRF.
-    fn pick(&self, agent: &str, available: &Resources) -> Option<(String, String, Resources)> {
-        let mut roles: Vec<(f64, &String)> = self
+    fn pick(
+        &self,
+        agent: &str,
+        available: &Resources,
+        free: Option<&Resources>,
+    ) -> Option<(String, String, Resources)> {
+        // Roles below their guarantee first (Mesos' quota stage), then by weighted share.
+        let mut roles: Vec<(bool, f64, &String)> = self
             .roles
             .iter()
             .filter(|(_, r)| !r.frameworks.is_empty())
-            .map(|(name, r)| (self.share(&r.allocated) / self.weight(name), name))
+            .map(|(name, r)| {
+                (!self.below_guarantee(name), self.share(&r.allocated) / self.weight(name), name)
+            })
             .collect();
-        roles.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
-        for (_, role) in roles {
-            let offerable = available.offerable_to(role);
+        roles.sort_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| a.1.total_cmp(&b.1)).then_with(|| a.2.cmp(b.2))
+        });
+        for (_, _, role) in roles {
+            let offerable = self.fit_quota(role, available.offerable_to(role), free);
             if !self.allocatable(&offerable) {
                 continue;
             }
@@ -620,6 +725,41 @@ impl Allocator {
         }
         Ok(())
     }
+}
+
+/// `offer` with at most `max` of scalar `name`: unreserved quantities are cut first, then
+/// (unless `unreserved_only`) reserved ones; a volume that does not fit whole is left out.
+fn cap(offer: Resources, name: &str, max: Scalar, unreserved_only: bool) -> Resources {
+    let counted = |k: &Key| k.name == name && (!unreserved_only || k.reservation.is_none());
+    let total: i64 = offer.filter(counted).scalar(name).0;
+    if total <= max.0 {
+        return offer;
+    }
+    let mut excess = total - max.0;
+    let mut out = offer.filter(|k| !counted(k));
+    // Volumes last: they are cut whole.
+    let mut parts: Vec<(Key, Value)> =
+        offer.filter(counted).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    parts.sort_by_key(|(k, _)| (k.volume.is_some(), k.reservation.is_some()));
+    let mut kept = Vec::new();
+    for (k, v) in parts {
+        let Value::Scalar(s) = v else {
+            kept.push((k, v));
+            continue;
+        };
+        if excess <= 0 {
+            kept.push((k, Value::Scalar(s)));
+        } else if k.volume.is_some() || s.0 <= excess {
+            excess -= s.0;
+        } else {
+            kept.push((k, Value::Scalar(Scalar(s.0 - excess))));
+            excess = 0;
+        }
+    }
+    for (k, v) in kept {
+        out.insert(k, v);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -901,5 +1041,50 @@ mod tests {
                 Ok(())
             })
             .unwrap();
+    }
+
+    fn quota(guarantees: &str, limits: &str) -> Quota {
+        Quota { guarantees: r(guarantees), limits: r(limits) }
+    }
+
+    #[test]
+    fn a_quota_limit_caps_what_a_role_is_offered() {
+        let mut a = new();
+        a.set_quota("eng", quota("", "cpus:3"));
+        a.add_framework("f1", &roles(&["eng"]), &[], true);
+        a.add_agent("a1", r("cpus:2;mem:1024"), &[]);
+        a.add_agent("a2", r("cpus:2;mem:1024"), &[]);
+        let got = a.allocate(t(0));
+        a.check_invariants().unwrap();
+        let cpus: i64 = got.iter().map(|x| x.resources.scalar("cpus").0).sum();
+        assert_eq!(cpus, 3000, "{got:?}");
+        assert_eq!(got.iter().map(|x| x.resources.scalar("mem").0).sum::<i64>(), 2_048_000);
+        // Giving 1 cpu back frees room for exactly that.
+        let first = &got[0];
+        a.recover(t(1), "f1", &first.agent, "eng", &r("cpus:1"), None);
+        let again = a.allocate(t(1));
+        assert_eq!(again.iter().map(|x| x.resources.scalar("cpus").0).sum::<i64>(), 1000);
+    }
+
+    #[test]
+    fn a_guarantee_is_held_back_from_other_roles_and_served_first() {
+        let mut a = new();
+        a.set_quota("eng", quota("cpus:4", ""));
+        a.add_framework("ops", &roles(&["ops"]), &[], true);
+        a.add_agent("a1", r("cpus:4;mem:1024"), &[]);
+        a.add_agent("a2", r("cpus:4;mem:1024"), &[]);
+        // eng has no framework yet: ops may take only what leaves eng's 4 cpus free.
+        let got = a.allocate(t(0));
+        a.check_invariants().unwrap();
+        assert_eq!(got.iter().map(|x| x.resources.scalar("cpus").0).sum::<i64>(), 4000, "{got:?}");
+        // eng's framework arrives; ops gives back one agent's worth, and eng gets it first.
+        a.add_framework("eng1", &roles(&["eng"]), &[], true);
+        let a1 = got.iter().find(|x| x.resources.scalar("cpus").0 > 0).unwrap().clone();
+        a.recover(t(1), "ops", &a1.agent, "ops", &a1.resources, None);
+        let next = a.allocate(t(1));
+        let eng: i64 =
+            next.iter().filter(|x| x.role == "eng").map(|x| x.resources.scalar("cpus").0).sum();
+        assert!(eng >= 4000, "eng gets at least its guarantee: {next:?}");
+        assert_eq!(next[0].role, "eng", "below its guarantee, eng is served first");
     }
 }

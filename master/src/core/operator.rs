@@ -12,10 +12,10 @@
 use std::time::Duration;
 
 use corral_wire::mesos::v1::master::{self as op, call, event, response};
-use corral_wire::mesos::v1::{self, AgentId, FrameworkId};
+use corral_wire::mesos::v1::{self, AgentId, FrameworkId, quota};
 use corral_wire::mesos::{IdExt as _, is_terminal, validate_role};
 use corral_wire::proto::MasterMessage;
-use corral_wire::resources::{Conversion, Resources};
+use corral_wire::resources::{Conversion, Key, Resources, Scalar, Value};
 
 use super::{
     Agent, AgentState, CallError, Command, Framework, Master, StreamId, Task, Time, update_event,
@@ -259,6 +259,13 @@ impl Master {
                 ..Default::default()
             });
         }
+        for name in self.allocator.quotas().keys() {
+            roles.entry(name.clone()).or_insert_with(|| v1::Role {
+                name: name.clone(),
+                weight: self.allocator.weight(name),
+                ..Default::default()
+            });
+        }
         response::GetRoles { roles: roles.into_values().collect() }
     }
 
@@ -380,6 +387,35 @@ impl Master {
                 Result::Ok(OperatorResponse::Accepted)
             }
             T::GrowVolume | T::ShrinkVolume => Err(CallError::NotImplemented),
+            T::GetQuota => {
+                let s = self.get_quota();
+                body(response(R::GetQuota, |r| r.get_quota = Some(s)))
+            }
+            T::UpdateQuota => {
+                let u = c.update_quota.unwrap_or_default();
+                self.update_quota(u.force.unwrap_or(false), u.quota_configs)?;
+                Result::Ok(Ok)
+            }
+            #[allow(deprecated)]
+            T::SetQuota => {
+                // Quota v1: the guarantee is also the limit.
+                let q = c.set_quota.unwrap_or_default().quota_request;
+                let scalars = quota_map(&q.guarantee).map_err(CallError::BadRequest)?;
+                let config = quota::QuotaConfig {
+                    role: q.role.unwrap_or_default(),
+                    guarantees: scalars.clone(),
+                    limits: scalars,
+                };
+                self.update_quota(q.force.unwrap_or(false), vec![config])?;
+                Result::Ok(Ok)
+            }
+            #[allow(deprecated)]
+            T::RemoveQuota => {
+                let role = c.remove_quota.unwrap_or_default().role;
+                let config = quota::QuotaConfig { role, ..Default::default() };
+                self.update_quota(true, vec![config])?;
+                Result::Ok(Ok)
+            }
             _ => Err(CallError::NotImplemented),
         }
     }
@@ -512,6 +548,111 @@ impl Master {
             ..Default::default()
         };
         self.send_event(fid, event);
+    }
+
+    /// GET_QUOTA: every role's quota, as configs and (deprecated) infos.
+    pub fn get_quota(&self) -> response::GetQuota {
+        let mut status = quota::QuotaStatus::default();
+        for (role, q) in self.allocator.quotas() {
+            let map = |r: &Resources| {
+                r.scalars()
+                    .map(|(n, v)| (n.to_string(), v1::value::Scalar { value: v.as_f64() }))
+                    .collect()
+            };
+            status.configs.push(quota::QuotaConfig {
+                role: role.clone(),
+                guarantees: map(&q.guarantees),
+                limits: map(&q.limits),
+            });
+            #[allow(deprecated)]
+            status.infos.push(quota::QuotaInfo {
+                role: Some(role.clone()),
+                principal: None,
+                guarantee: q.guarantees.to_mesos(None),
+            });
+        }
+        response::GetQuota { status }
+    }
+
+    /// UPDATE_QUOTA (Mesos' quota v2): validated as a whole, then applied; a config with no
+    /// guarantees and no limits resets its role. Without `force`, the guarantees together
+    /// may not exceed what the cluster has.
+    fn update_quota(
+        &mut self,
+        force: bool,
+        configs: Vec<quota::QuotaConfig>,
+    ) -> Result<(), CallError> {
+        let bad = |m: String| CallError::BadRequest(m);
+        let mut seen = std::collections::BTreeSet::new();
+        let mut parsed = Vec::new();
+        for c in configs {
+            validate_role(&c.role).map_err(|e| bad(format!("Invalid role '{}': {e}", c.role)))?;
+            if c.role == "*" {
+                return Err(bad(
+                    "Invalid QuotaConfig: setting quota for the default '*' role is not supported"
+                        .into(),
+                ));
+            }
+            if !seen.insert(c.role.clone()) {
+                return Err(bad(format!(
+                    "Invalid QuotaConfig: duplicate config for role '{}'",
+                    c.role
+                )));
+            }
+            let to_resources = |m: &std::collections::HashMap<String, v1::value::Scalar>| {
+                let mut r = Resources::new();
+                for (name, v) in m {
+                    if !(v.value.is_finite() && v.value >= 0.0) {
+                        return Err(bad(format!(
+                            "Invalid QuotaConfig for role '{}': '{name}' has an invalid value {}",
+                            c.role, v.value
+                        )));
+                    }
+                    r.insert(Key::unreserved(name), Value::Scalar(Scalar::from_f64(v.value)));
+                }
+                Result::Ok(r)
+            };
+            let guarantees = to_resources(&c.guarantees)?;
+            let limits = to_resources(&c.limits)?;
+            for (key, g) in guarantees.iter() {
+                if let Some(l) = limits.get(key)
+                    && let (Value::Scalar(g), Value::Scalar(l)) = (g, l)
+                    && g > l
+                {
+                    return Err(bad(format!(
+                        "Invalid QuotaConfig for role '{}': the guarantee of '{}' ({g}) is greater than its limit ({l})",
+                        c.role, key.name
+                    )));
+                }
+            }
+            parsed.push((c.role, super::allocator::Quota { guarantees, limits }));
+        }
+        if !force {
+            let mut all: std::collections::BTreeMap<String, Resources> = self
+                .allocator
+                .quotas()
+                .iter()
+                .map(|(r, q)| (r.clone(), q.guarantees.clone()))
+                .collect();
+            for (role, q) in &parsed {
+                all.insert(role.clone(), q.guarantees.clone());
+            }
+            let mut sum = Resources::new();
+            for g in all.values() {
+                sum.add(g);
+            }
+            let total = self.allocator.total();
+            if !total.contains(&sum) {
+                return Err(bad(format!(
+                    "Invalid QuotaConfig: total quota guarantees '{sum}' exceed cluster capacity '{total}' (use 'force' to set them anyway)"
+                )));
+            }
+        }
+        for (role, q) in parsed {
+            tracing::info!(%role, guarantees = %q.guarantees, limits = %q.limits, "quota updated");
+            self.allocator.set_quota(&role, q);
+        }
+        Ok(())
     }
 
     fn update_weights(&mut self, infos: Vec<v1::WeightInfo>) -> Result<(), CallError> {
@@ -811,6 +952,14 @@ impl Master {
         self.emit_task_updated(fid, &status);
         self.send_event(fid, update_event(status));
     }
+}
+
+/// A quota v1 guarantee (`Resource`s) as the v2 map of scalars.
+fn quota_map(
+    resources: &[v1::Resource],
+) -> Result<std::collections::HashMap<String, v1::value::Scalar>, String> {
+    let r = Resources::from_mesos(resources).map_err(|e| e.to_string())?;
+    Ok(r.scalars().map(|(n, v)| (n.to_string(), v1::value::Scalar { value: v.as_f64() })).collect())
 }
 
 /// The [`Conversion`] an offer operation asks for.

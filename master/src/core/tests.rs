@@ -1317,3 +1317,62 @@ fn an_agent_reserved_whole_for_a_role_is_still_offered_to_it() {
     assert_eq!(offers.len(), 1, "reserved quantities count towards the minimum");
     assert_eq!(offered(&offers[0]), all);
 }
+
+#[test]
+fn update_quota_is_validated_then_shown_by_get_quota() {
+    use std::collections::HashMap;
+    let mut m = master();
+    add_agent(&mut m, t(0), 1, "cpus:4;mem:1024");
+    let scal = |pairs: &[(&str, f64)]| -> HashMap<String, v1::value::Scalar> {
+        pairs.iter().map(|(n, v)| (n.to_string(), v1::value::Scalar { value: *v })).collect()
+    };
+    let update = |force: bool, configs: Vec<v1::quota::QuotaConfig>| {
+        op_call(op::call::Type::UpdateQuota, |c| {
+            c.update_quota =
+                Some(op::call::UpdateQuota { force: Some(force), quota_configs: configs })
+        })
+    };
+    let config = |role: &str, g: &[(&str, f64)], l: &[(&str, f64)]| v1::quota::QuotaConfig {
+        role: role.into(),
+        guarantees: scal(g),
+        limits: scal(l),
+    };
+    let err = |r: Result<OperatorResponse, CallError>| match r {
+        Err(CallError::BadRequest(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    let e = err(m.operator_call(
+        t(1),
+        update(false, vec![config("eng", &[("cpus", 2.0)], &[("cpus", 1.0)])]),
+    ));
+    assert!(e.contains("greater than its limit"), "{e}");
+    let e = err(m.operator_call(t(1), update(false, vec![config("eng", &[("cpus", 8.0)], &[])])));
+    assert!(e.contains("exceed cluster capacity"), "{e}");
+    let e = err(m.operator_call(t(1), update(false, vec![config("*", &[], &[("cpus", 1.0)])])));
+    assert!(e.contains("'*'"), "{e}");
+    assert!(m.get_quota().status.configs.is_empty(), "refused updates change nothing");
+    // Forced past capacity, and a limit.
+    let ok = m.operator_call(
+        t(1),
+        update(
+            true,
+            vec![config("eng", &[("cpus", 8.0)], &[]), config("ops", &[], &[("mem", 256.0)])],
+        ),
+    );
+    assert_eq!(ok, Ok(OperatorResponse::Ok));
+    let got = m.get_quota().status.configs;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].role, "eng");
+    assert_eq!(got[0].guarantees["cpus"].value, 8.0);
+    assert_eq!(got[1].limits["mem"].value, 256.0);
+    // An empty config resets the role.
+    assert_eq!(
+        m.operator_call(t(2), update(false, vec![config("eng", &[], &[])])),
+        Ok(OperatorResponse::Ok)
+    );
+    assert_eq!(m.get_quota().status.configs.len(), 1);
+    // The limit holds for ops' framework.
+    subscribe(&mut m, t(3), 10, role_framework("ops-fw", "ops"));
+    let offers = offers_on(&drain(&mut m), 10);
+    assert_eq!(offered(&offers[0]).scalar("mem").as_f64(), 256.0);
+}

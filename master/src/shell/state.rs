@@ -434,8 +434,13 @@ pub fn state_summary(m: &Master) -> Value {
     json!({"hostname": m.identity().hostname, "slaves": slaves, "frameworks": summaries})
 }
 
-/// `/roles`: every role the allocator knows, with its weight, what it holds and offers, and
-/// its frameworks. Quota is not implemented: guarantee and limit are empty.
+/// Only the named scalars, as `{name: number}` (quota guarantees and limits).
+fn scalars_json(r: &Resources) -> Value {
+    Value::Object(r.scalars().map(|(n, v)| (n.to_string(), json!(v.as_f64()))).collect())
+}
+
+/// `/roles`: every role the allocator knows, has a weight or a quota, with its weight, quota,
+/// what it holds and offers, and its frameworks.
 pub fn roles(m: &Master) -> Value {
     let empty = (Resources::new(), std::collections::BTreeSet::new());
     let known: Vec<&str> = m.allocator().roles().map(|(name, ..)| name).collect();
@@ -445,11 +450,22 @@ pub fn roles(m: &Master) -> Value {
         .iter()
         .filter(|(r, _)| !known.contains(&r.as_str()))
         .map(|(r, w)| (r.as_str(), *w, &empty.0, &empty.1));
+    // So are roles with a quota.
+    let listed: Vec<&str> =
+        known.iter().copied().chain(m.weights().keys().map(String::as_str)).collect();
+    let with_quota = m
+        .allocator()
+        .quotas()
+        .keys()
+        .filter(|r| !listed.contains(&r.as_str()))
+        .map(|r| (r.as_str(), m.allocator().weight(r), &empty.0, &empty.1));
     let roles: Vec<Value> = m
         .allocator()
         .roles()
         .chain(weighted)
+        .chain(with_quota)
         .map(|(name, weight, allocated, frameworks)| {
+            let quota = m.allocator().quotas().get(name);
             let mut offered = Resources::new();
             for o in m.offers().values().filter(|o| o.role == name) {
                 offered.add(&o.resources.scalars_only());
@@ -459,8 +475,8 @@ pub fn roles(m: &Master) -> Value {
                 "weight": weight,
                 "quota": {
                     "role": name,
-                    "guarantee": {},
-                    "limit": {},
+                    "guarantee": quota.map(|q| scalars_json(&q.guarantees)).unwrap_or(json!({})),
+                    "limit": quota.map(|q| scalars_json(&q.limits)).unwrap_or(json!({})),
                     "consumed": allocated.to_summary_json(),
                 },
                 "resources": allocated.to_summary_json(),
