@@ -135,6 +135,8 @@ pub struct Launch {
     pub agent_id: String,
     pub framework: FrameworkRef,
     pub task: TaskSpec,
+    /// For a task of a group: the run id of the group's executor, whose sandbox it shares.
+    pub executor_container: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +170,8 @@ pub struct TaskRecord {
     pub spec: TaskSpec,
     /// `None` only for a task refused before it got a container.
     pub container_id: Option<String>,
+    /// For a task of a group: the run id of the group's executor (its shared sandbox).
+    pub executor_container: Option<String>,
     /// The agent id its sandbox path was made with.
     pub agent_id: String,
     /// The latest state generated for it.
@@ -372,6 +376,7 @@ impl Core {
                             Source::Agent,
                             &message,
                         );
+                        self.fail_group(now, &key);
                     }
                     self.maybe_forget(&key);
                 }
@@ -387,6 +392,9 @@ impl Core {
                         (TaskState::TaskFailed, Some(reason))
                     };
                     self.push_update(now, &key, state, reason, Source::Agent, &message);
+                    if state != TaskState::TaskKilled {
+                        self.fail_group(now, &key);
+                    }
                     self.maybe_forget(&key);
                 }
             }
@@ -397,6 +405,9 @@ impl Core {
                     let (state, message) = terminal(status, killed);
                     tracing::info!(%key, container_id, ?status, "task ended");
                     self.push_update(now, &key, state, None, Source::Executor, &message);
+                    if state == TaskState::TaskFailed {
+                        self.fail_group(now, &key);
+                    }
                     self.maybe_forget(&key);
                 }
             }
@@ -566,6 +577,7 @@ impl Core {
             framework: run.framework,
             spec: run.task,
             container_id: None,
+            executor_container: None,
             agent_id: agent_id.clone(),
             state: TaskState::TaskStaging,
             phase: Phase::Done,
@@ -582,16 +594,51 @@ impl Core {
             uuid::Builder::from_random_bytes(self.ids.next_id()).into_uuid().to_string();
         record.container_id = Some(container_id.clone());
         record.phase = Phase::Launching;
+        if let Some(g) = &record.spec.group {
+            // The group's tasks share one executor run: a sibling that is still known has it.
+            let sibling = self.entries.iter().find_map(|(k, e)| {
+                let t = e.task.as_ref()?;
+                let same = k.framework_id == key.framework_id
+                    && t.spec.group.as_ref().is_some_and(|o| o.executor_id == g.executor_id);
+                same.then(|| t.executor_container.clone()).flatten()
+            });
+            record.executor_container = Some(sibling.unwrap_or_else(|| {
+                uuid::Builder::from_random_bytes(self.ids.next_id()).into_uuid().to_string()
+            }));
+        }
         let launch = Launch {
             container_id: container_id.clone(),
             agent_id,
             framework: record.framework.clone(),
             task: record.spec.clone(),
+            executor_container: record.executor_container.clone(),
         };
         tracing::info!(%key, container_id, "launching task");
         self.entries.entry(key.clone()).or_default().task = Some(record);
         self.containers.insert(container_id, key);
         self.commands.push_back(Command::Launch(launch));
+    }
+
+    /// A task of a group failed: the default executor's rule is that the group goes down
+    /// together, so its live siblings are killed (each with its own grace).
+    fn fail_group(&mut self, now: Now, key: &TaskKey) {
+        let Some(group) =
+            self.entries.get(key).and_then(|e| e.task.as_ref()).and_then(|t| t.spec.group.clone())
+        else {
+            return;
+        };
+        for sibling in group.task_ids.iter().filter(|t| **t != key.task_id) {
+            let k = TaskKey { framework_id: key.framework_id.clone(), task_id: sibling.clone() };
+            let grace = self
+                .entries
+                .get(&k)
+                .and_then(|e| e.task.as_ref())
+                .and_then(|t| t.spec.kill_grace_period_ns)
+                .map(Duration::from_nanos)
+                .unwrap_or(self.config.default_kill_grace);
+            tracing::info!(task = %k, failed = %key, "killing the rest of a failed task group");
+            self.kill(now, &k, grace);
+        }
     }
 
     /// Starts killing a live task (once): terminate now, force after `grace`.
@@ -1362,5 +1409,62 @@ mod tests {
         assert!(h.handle(exited).is_empty());
         assert!(h.handle(Event::Started { container_id: cid.clone(), pid: 1 }).is_empty());
         assert!(h.handle(Event::Launched { container_id: "unknown".into() }).is_empty());
+    }
+
+    #[test]
+    fn a_task_group_shares_one_executor_run_and_goes_down_together() {
+        let mut h = Harness::new();
+        h.register();
+        let group = corral_wire::proto::TaskGroupRef {
+            executor_id: "e1".into(),
+            task_ids: vec!["a".into(), "b".into()],
+        };
+        let mut launches = Vec::new();
+        for id in ["a", "b"] {
+            let mut run = run_task("fw", id);
+            run.task.group = Some(group.clone());
+            match &h.master(MasterMessage::RunTask(run))[..] {
+                [Command::Launch(l)] => launches.push(l.clone()),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(launches[0].executor_container.is_some());
+        assert_eq!(
+            launches[0].executor_container, launches[1].executor_container,
+            "one shared sandbox"
+        );
+        for l in &launches {
+            h.handle(Event::Started { container_id: l.container_id.clone(), pid: 7 });
+        }
+        h.drain();
+        // a fails: b is terminated.
+        let cmds = h.handle(Event::Exited {
+            container_id: launches[0].container_id.clone(),
+            status: ExitStatus::Code(3),
+        });
+        // (a's FAILED waits behind its unacknowledged RUNNING.)
+        assert!(
+            cmds.contains(&Command::Terminate { container_id: launches[1].container_id.clone() }),
+            "{cmds:?}"
+        );
+        // A group whose task finishes well leaves its siblings alone.
+        let group2 = corral_wire::proto::TaskGroupRef {
+            executor_id: "e2".into(),
+            task_ids: vec!["c".into(), "d".into()],
+        };
+        let mut ls = Vec::new();
+        for id in ["c", "d"] {
+            let mut run = run_task("fw", id);
+            run.task.group = Some(group2.clone());
+            if let [Command::Launch(l)] = &h.master(MasterMessage::RunTask(run))[..] {
+                ls.push(l.clone());
+            }
+        }
+        assert_ne!(ls[0].executor_container, launches[0].executor_container);
+        let cmds = h.handle(Event::Exited {
+            container_id: ls[0].container_id.clone(),
+            status: ExitStatus::Code(0),
+        });
+        assert!(!cmds.iter().any(|c| matches!(c, Command::Terminate { .. })), "{cmds:?}");
     }
 }

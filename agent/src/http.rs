@@ -121,13 +121,21 @@ pub fn state_json(core: &Core, work_dir: &Path) -> Value {
 fn executor_json(t: &TaskRecord, work_dir: &Path) -> Option<Value> {
     let container_id = t.container_id.as_deref()?;
     let task_id = &t.spec.task_id;
-    let directory = paths::sandbox(work_dir, &t.agent_id, &t.framework.id, task_id, container_id);
+    let group = t.spec.group.as_ref().zip(t.executor_container.as_deref());
+    let (directory, _) = paths::task_dirs(
+        work_dir,
+        &t.agent_id,
+        &t.framework.id,
+        task_id,
+        container_id,
+        group.map(|(g, c)| (g.executor_id.as_str(), c)),
+    );
     let command = t.spec.command.value.as_deref().unwrap_or_default();
     let task = json!({
         "id": task_id,
         "name": t.spec.name,
         "framework_id": t.framework.id,
-        "executor_id": task_id,
+        "executor_id": t.spec.group.as_ref().map(|g| g.executor_id.as_str()).unwrap_or(task_id),
         "slave_id": t.agent_id,
         "state": t.state.as_str_name(),
         "resources": t.spec.resources.to_summary_json(),

@@ -303,14 +303,21 @@ struct Prepared {
 /// Resolves the user and creates sandbox, run directory and cgroup. Blocking.
 fn prepare(env: &LaunchEnv, launch: &Launch, cgroup: &Cgroup) -> Result<Prepared, String> {
     let run_as = resolve_user(&env.agent_user, launch)?;
-    let sandbox = paths::sandbox(
+    let group = launch
+        .task
+        .group
+        .as_ref()
+        .zip(launch.executor_container.as_deref())
+        .map(|(g, c)| (g.executor_id.as_str(), c));
+    let (sandbox, logs) = paths::task_dirs(
         &env.work_dir,
         &launch.agent_id,
         &launch.framework.id,
         &launch.task.task_id,
         &launch.container_id,
+        group,
     );
-    let mut spec = ShimSpec::new(launch, &sandbox, run_as.clone())?;
+    let mut spec = ShimSpec::new(launch, &sandbox, &logs, run_as.clone())?;
     let iso = &env.isolation;
     if iso.namespaces {
         spec.isolation = InitIsolation {
@@ -324,9 +331,10 @@ fn prepare(env: &LaunchEnv, launch: &Launch, cgroup: &Cgroup) -> Result<Prepared
     let fail =
         |what: &str, p: &Path, e: std::io::Error| format!("cannot {what} {}: {e}", p.display());
     fs::create_dir_all(&sandbox).map_err(|e| fail("create the sandbox", &sandbox, e))?;
+    fs::create_dir_all(&logs).map_err(|e| fail("create", &logs, e))?;
     let mut stderr = None;
     for name in ["stdout", "stderr"] {
-        let p = sandbox.join(name);
+        let p = logs.join(name);
         let f = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -347,7 +355,11 @@ fn prepare(env: &LaunchEnv, launch: &Launch, cgroup: &Cgroup) -> Result<Prepared
     if let Some(u) = &run_as {
         let (uid, gid) =
             (Some(nix::unistd::Uid::from_raw(u.uid)), Some(nix::unistd::Gid::from_raw(u.gid)));
-        for p in [sandbox.clone(), sandbox.join("stdout"), sandbox.join("stderr")] {
+        let mut owned = vec![sandbox.clone(), logs.join("stdout"), logs.join("stderr")];
+        if logs != sandbox {
+            owned.push(logs.clone());
+        }
+        for p in owned {
             nix::unistd::chown(&p, uid, gid)
                 .map_err(|e| format!("cannot give {} to user '{}': {e}", p.display(), u.name))?;
         }
@@ -462,6 +474,7 @@ mod tests {
                 command: CommandSpec { user: cmd_user.map(String::from), ..Default::default() },
                 ..Default::default()
             },
+            executor_container: None,
         }
     }
 

@@ -31,6 +31,30 @@ pub fn sandbox(
         .join(container_id)
 }
 
+/// A task's sandbox (its working directory) and the directory of its `stdout`/`stderr`: both
+/// its own sandbox for a command task; for a task of a group, the group executor's sandbox
+/// (shared by the group) and `tasks/<task-id>` in it.
+pub fn task_dirs(
+    work_dir: &Path,
+    agent_id: &str,
+    framework_id: &str,
+    task_id: &str,
+    container_id: &str,
+    group: Option<(&str, &str)>,
+) -> (PathBuf, PathBuf) {
+    match group {
+        Some((executor_id, executor_container)) => {
+            let dir = sandbox(work_dir, agent_id, framework_id, executor_id, executor_container);
+            let logs = dir.join("tasks").join(task_id);
+            (dir, logs)
+        }
+        None => {
+            let dir = sandbox(work_dir, agent_id, framework_id, task_id, container_id);
+            (dir.clone(), dir)
+        }
+    }
+}
+
 /// Where container run directories live.
 pub fn containers_dir(work_dir: &Path) -> PathBuf {
     work_dir.join("containers")

@@ -55,6 +55,9 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShimSpec {
     pub sandbox: PathBuf,
+    /// Where `stdout` and `stderr` are, when not in the sandbox (a task group's task).
+    #[serde(default)]
+    pub log_dir: Option<PathBuf>,
     /// The program to exec (looked up in the spec's `PATH` when it has no `/`).
     pub program: String,
     /// The full argv, `argv[0]` included.
@@ -128,7 +131,12 @@ impl ShimSpec {
     /// The spec for `launch`: `sh -c VALUE` when the command is a shell command, else `VALUE`
     /// with `arguments` as the whole argv (Mesos semantics). The environment is `PATH` (unless
     /// the task sets it), the task's own variables, then the `MESOS_*` ones.
-    pub fn new(launch: &Launch, sandbox: &Path, run_as: Option<RunAs>) -> Result<ShimSpec, String> {
+    pub fn new(
+        launch: &Launch,
+        sandbox: &Path,
+        log_dir: &Path,
+        run_as: Option<RunAs>,
+    ) -> Result<ShimSpec, String> {
         let cmd = &launch.task.command;
         let value = cmd.value.clone().unwrap_or_default();
         let (program, argv) = if cmd.shell {
@@ -158,7 +166,8 @@ impl ShimSpec {
         set("MESOS_DIRECTORY", &sandbox_str);
         set("MESOS_FRAMEWORK_ID", &launch.framework.id);
         set("MESOS_TASK_ID", &launch.task.task_id);
-        set("MESOS_EXECUTOR_ID", &launch.task.task_id);
+        let executor_id = launch.task.group.as_ref().map(|g| g.executor_id.as_str());
+        set("MESOS_EXECUTOR_ID", executor_id.unwrap_or(&launch.task.task_id));
         set("MESOS_AGENT_ID", &launch.agent_id);
         set("MESOS_SLAVE_ID", &launch.agent_id);
         set("MESOS_CONTAINER_ID", &launch.container_id);
@@ -167,6 +176,7 @@ impl ShimSpec {
         }
         Ok(ShimSpec {
             sandbox: sandbox.to_path_buf(),
+            log_dir: (log_dir != sandbox).then(|| log_dir.to_path_buf()),
             program,
             argv,
             env,
@@ -281,7 +291,7 @@ fn run_task(run_dir: &Path) -> Report {
         eprintln!("corral task init: cannot become a subreaper: {e}");
     }
     let open = |name: &str| {
-        let p = spec.sandbox.join(name);
+        let p = spec.log_dir.as_ref().unwrap_or(&spec.sandbox).join(name);
         fs::OpenOptions::new()
             .append(true)
             .open(&p)
@@ -379,6 +389,7 @@ mod tests {
             agent_id: "a1".into(),
             framework: FrameworkRef { id: "f1".into(), ..Default::default() },
             task: TaskSpec { task_id: "t1".into(), command, ..Default::default() },
+            executor_container: None,
         }
     }
 
@@ -393,7 +404,7 @@ mod tests {
             value: Some("echo hi".into()),
             ..Default::default()
         });
-        let spec = ShimSpec::new(&l, Path::new("/sb"), None).unwrap();
+        let spec = ShimSpec::new(&l, Path::new("/sb"), Path::new("/sb"), None).unwrap();
         assert_eq!(spec.program, "/bin/sh");
         assert_eq!(spec.argv, vec!["sh", "-c", "echo hi"]);
         assert_eq!(env_of(&spec, "MESOS_SANDBOX"), Some("/sb"));
@@ -416,24 +427,37 @@ mod tests {
             ],
             ..Default::default()
         };
-        let spec = ShimSpec::new(&launch(cmd), Path::new("/sb"), None).unwrap();
+        let spec = ShimSpec::new(&launch(cmd), Path::new("/sb"), Path::new("/sb"), None).unwrap();
         assert_eq!(spec.program, "/bin/echo");
         assert_eq!(spec.argv, vec!["echo", "a"]);
         assert_eq!(env_of(&spec, "PATH"), Some("/opt/bin"), "the task's PATH wins");
         assert_eq!(env_of(&spec, "MESOS_TASK_ID"), Some("t1"), "the agent's MESOS_* win");
         assert_eq!(spec.env.iter().filter(|(k, _)| k == "PATH").count(), 1);
         let cmd = CommandSpec { shell: false, value: Some("true".into()), ..Default::default() };
-        assert_eq!(ShimSpec::new(&launch(cmd), Path::new("/sb"), None).unwrap().argv, vec!["true"]);
-        assert!(ShimSpec::new(&launch(CommandSpec::default()), Path::new("/sb"), None).is_err());
+        assert_eq!(
+            ShimSpec::new(&launch(cmd), Path::new("/sb"), Path::new("/sb"), None).unwrap().argv,
+            vec!["true"]
+        );
+        assert!(
+            ShimSpec::new(
+                &launch(CommandSpec::default()),
+                Path::new("/sb"),
+                Path::new("/sb"),
+                None
+            )
+            .is_err()
+        );
         let shell_empty = CommandSpec { shell: true, ..Default::default() };
-        assert!(ShimSpec::new(&launch(shell_empty), Path::new("/sb"), None).is_err());
+        assert!(
+            ShimSpec::new(&launch(shell_empty), Path::new("/sb"), Path::new("/sb"), None).is_err()
+        );
     }
 
     #[test]
     fn spec_round_trips_through_json() {
         let l = launch(CommandSpec { shell: true, value: Some("x".into()), ..Default::default() });
         let run_as = RunAs { name: "nobody".into(), uid: 65534, gid: 65534, groups: vec![65534] };
-        let spec = ShimSpec::new(&l, Path::new("/sb"), Some(run_as)).unwrap();
+        let spec = ShimSpec::new(&l, Path::new("/sb"), Path::new("/sb"), Some(run_as)).unwrap();
         assert_eq!(env_of(&spec, "USER"), Some("nobody"));
         let back: ShimSpec = serde_json::from_slice(&serde_json::to_vec(&spec).unwrap()).unwrap();
         assert_eq!(back, spec);

@@ -301,6 +301,7 @@ fn task(task_id: &str, command: CommandSpec) -> MasterMessage {
                 .expect("resources"),
             command,
             kill_grace_period_ns: None,
+            group: None,
         },
     })
 }

@@ -176,6 +176,18 @@ pub struct TaskSpec {
     pub command: CommandSpec,
     /// SIGTERM -> SIGKILL grace; the agent's default when unset.
     pub kill_grace_period_ns: Option<u64>,
+    /// Set for a task launched in a task group (LAUNCH_GROUP).
+    pub group: Option<TaskGroupRef>,
+}
+
+/// A task group run by the agent's built-in default executor: the group's tasks share the
+/// executor's sandbox, and when one ends unsuccessfully the others are killed.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct TaskGroupRef {
+    pub executor_id: String,
+    /// Every task of the group, this one included.
+    pub task_ids: Vec<String>,
 }
 
 /// A command task: `sh -c value` when `shell`, else `value` exec'd with `arguments` as argv.

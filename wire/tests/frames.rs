@@ -42,6 +42,7 @@ fn task_spec() -> impl Strategy<Value = TaskSpec> {
                     resources,
                     command: CommandSpec { shell, value, arguments, environment, user },
                     kill_grace_period_ns: grace,
+                    group: None,
                 }
             },
         )

@@ -239,6 +239,19 @@ pub struct Task {
     pub info: Option<v1::TaskInfo>,
     pub container_id: Option<String>,
     pub user: Option<String>,
+    /// The task group's executor (LAUNCH_GROUP); command tasks have none.
+    pub executor_id: Option<String>,
+}
+
+/// A task group's executor: the agent's built-in default executor, holding its own resources
+/// for as long as one of its tasks lives.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    pub agent_id: String,
+    pub info: v1::ExecutorInfo,
+    pub role: String,
+    pub resources: Resources,
+    pub tasks: BTreeSet<String>,
 }
 
 impl Task {
@@ -249,7 +262,7 @@ impl Task {
             name: self.name.clone(),
             task_id: v1::TaskId::from_str(&self.id),
             framework_id: v1::FrameworkId::from_str(&self.framework_id),
-            executor_id: None,
+            executor_id: self.executor_id.as_deref().map(v1::ExecutorId::from_str),
             agent_id: v1::AgentId::from_str(&self.agent_id),
             state: self.state as i32,
             resources: self.resources.to_mesos(Some(&self.role)),
@@ -293,6 +306,8 @@ pub struct Framework {
     pub unreachable_tasks: BTreeMap<String, Task>,
     pub completed_tasks: VecDeque<Task>,
     pub offers: BTreeSet<String>,
+    /// Task group executors by id.
+    pub executors: BTreeMap<String, Executor>,
 }
 
 impl Framework {
@@ -323,6 +338,7 @@ impl Framework {
             unreachable_tasks: BTreeMap::new(),
             completed_tasks: VecDeque::new(),
             offers: BTreeSet::new(),
+            executors: BTreeMap::new(),
         }
     }
 
@@ -721,6 +737,7 @@ impl Master {
                         info: None,
                         container_id: None,
                         user: report.task.command.user.clone(),
+                        executor_id: report.task.group.as_ref().map(|g| g.executor_id.clone()),
                     },
                 );
             task.state = state;
@@ -825,6 +842,9 @@ impl Master {
         }
         self.rescind_agent_offers(id);
         self.allocator.remove_agent(id);
+        for fw in self.frameworks.values_mut() {
+            fw.executors.retain(|_, e| e.agent_id != id);
+        }
         for (fid, tid) in tasks {
             let Some(fw) = self.frameworks.get(&fid) else { continue };
             let state = fw.lost(v1::TaskState::TaskUnreachable);
@@ -901,6 +921,10 @@ impl Master {
             ..Default::default()
         };
         let fw = self.frameworks.get_mut(&update.framework_id).expect("checked above");
+        let mut status = status;
+        if let Some(e) = fw.tasks.get(&update.task_id).and_then(|t| t.executor_id.clone()) {
+            status.executor_id = Some(v1::ExecutorId::from_str(e));
+        }
         let task = fw.tasks.get_mut(&update.task_id);
         let mut released = None;
         let mut changed = false;
@@ -939,6 +963,7 @@ impl Master {
         if changed {
             self.emit_task_updated(&update.framework_id, &status);
         }
+        self.maybe_release_executor(&update.framework_id, &update.task_id);
         self.send_event(&update.framework_id, update_event(status));
     }
 
@@ -988,7 +1013,27 @@ impl Master {
             self.allocator.recover(self.now, framework_id, &agent, &role, &resources, None);
         }
         self.send_update(framework_id, status);
+        self.maybe_release_executor(framework_id, task_id);
         self.check_drained(&agent);
+    }
+
+    /// Gives back a task group executor's resources once every task of it is over.
+    fn maybe_release_executor(&mut self, fid: &str, task_id: &str) {
+        let Some(fw) = self.frameworks.get_mut(fid) else { return };
+        let Some((eid, _)) = fw.executors.iter().find(|(_, e)| e.tasks.contains(task_id)) else {
+            return;
+        };
+        let eid = eid.clone();
+        let live = fw.executors[&eid]
+            .tasks
+            .iter()
+            .any(|t| fw.tasks.get(t).is_some_and(|t| !is_terminal(t.state)));
+        if live {
+            return;
+        }
+        let Some(e) = fw.executors.remove(&eid) else { return };
+        tracing::debug!(framework = %fid, executor = %eid, "task group executor done");
+        self.allocator.recover(self.now, fid, &e.agent_id, &e.role, &e.resources, None);
     }
 
     // -- offers -----------------------------------------------------------------------------------

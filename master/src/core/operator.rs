@@ -206,10 +206,22 @@ impl Master {
         }
     }
 
-    /// GET_EXECUTORS: command tasks run under the agent's built-in executor, which Mesos does
-    /// not list either; there are no custom executors yet.
+    /// GET_EXECUTORS: the task groups' executors (command tasks run under the agent's
+    /// built-in command executor, which Mesos does not list either).
     pub fn get_executors(&self) -> response::GetExecutors {
-        response::GetExecutors::default()
+        #[allow(deprecated)]
+        response::GetExecutors {
+            executors: self
+                .frameworks
+                .values()
+                .flat_map(|f| f.executors.values())
+                .map(|e| response::get_executors::Executor {
+                    executor_info: e.info.clone(),
+                    agent_id: AgentId::from_str(&e.agent_id),
+                })
+                .collect(),
+            orphan_executors: Vec::new(),
+        }
     }
 
     /// GET_TASKS: live, unreachable and completed tasks of every framework.
@@ -802,6 +814,9 @@ impl Master {
         let frameworks: std::collections::BTreeSet<String> =
             tasks.iter().map(|(f, _)| f.clone()).collect();
         self.rescind_agent_offers(id);
+        for fw in self.frameworks.values_mut() {
+            fw.executors.retain(|_, e| e.agent_id != id);
+        }
         for (fid, tid) in tasks {
             let Some(state) =
                 self.frameworks.get(&fid).map(|f| f.lost(v1::TaskState::TaskGoneByOperator))

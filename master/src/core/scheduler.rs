@@ -9,12 +9,14 @@ use std::time::Duration;
 use corral_wire::mesos::v1::scheduler::{Call, Event, call, event};
 use corral_wire::mesos::v1::{self, framework_info::capability::Type as Cap};
 use corral_wire::mesos::{IdExt as _, is_terminal, is_valid_uuid, validate_id, validate_role};
-use corral_wire::proto::{CommandSpec, FrameworkRef, MasterMessage, RunTask, TaskSpec};
+use corral_wire::proto::{
+    CommandSpec, FrameworkRef, MasterMessage, RunTask, TaskGroupRef, TaskSpec,
+};
 use corral_wire::resources::Resources;
 
 use super::{
-    Command, Framework, Master, Stream, StreamId, Task, Time, has_capability, master_update,
-    update_event,
+    Command, Executor, Framework, Master, Stream, StreamId, Task, Time, has_capability,
+    master_update, update_event,
 };
 
 /// Default `Filters.refuse_seconds`.
@@ -541,14 +543,8 @@ impl Master {
                     }
                 }
                 v1::offer::operation::Type::LaunchGroup => {
-                    let tasks = op.launch_group.map(|g| g.task_group.tasks).unwrap_or_default();
-                    for task in tasks {
-                        let status = self.task_error(
-                            &task,
-                            v1::task_status::Reason::TaskGroupInvalid,
-                            "Task groups (LAUNCH_GROUP) are not supported yet",
-                        );
-                        self.send_event(fid, update_event(status));
+                    if let Some(group) = op.launch_group {
+                        self.launch_group(fid, &agent, &role, group, &mut remaining);
                     }
                 }
                 v1::offer::operation::Type::Reserve
@@ -608,8 +604,22 @@ impl Master {
             }
         };
         remaining.subtract(&resources);
+        self.start_task(fid, agent, role, task, resources, None);
+    }
+
+    /// Records a validated task and sends it to its agent.
+    fn start_task(
+        &mut self,
+        fid: &str,
+        agent: &str,
+        role: &str,
+        task: v1::TaskInfo,
+        resources: Resources,
+        group: Option<TaskGroupRef>,
+    ) {
         let fw = self.frameworks.get_mut(fid).expect("caller checked");
         let cmd = task.command.clone().unwrap_or_default();
+        let executor_id = group.as_ref().map(|g| g.executor_id.clone());
         let spec = TaskSpec {
             task_id: task.task_id.value.clone(),
             name: task.name.clone(),
@@ -635,6 +645,7 @@ impl Master {
                 .as_ref()
                 .and_then(|k| k.grace_period.as_ref())
                 .map(|d| d.nanoseconds.max(0) as u64),
+            group,
         };
         let run = RunTask {
             framework: FrameworkRef {
@@ -658,6 +669,7 @@ impl Master {
             user: cmd.user.clone().or_else(|| Some(fw.info.user.clone())),
             info: Some(task),
             container_id: None,
+            executor_id,
         };
         fw.tasks.insert(t.id.clone(), t);
         self.metrics.tasks_launched += 1;
@@ -666,6 +678,131 @@ impl Master {
         }
         self.emit_task_added(fid, &run.task.task_id);
         self.send_agent(agent, MasterMessage::RunTask(run));
+    }
+
+    /// LAUNCH_GROUP: the whole group is validated (executor and every task, against what
+    /// remains of the offers) and launched, or every task gets TASK_ERROR with
+    /// REASON_TASK_GROUP_INVALID. The agent runs the group under its built-in default
+    /// executor: the tasks share the executor's sandbox and end together when one fails.
+    fn launch_group(
+        &mut self,
+        fid: &str,
+        agent: &str,
+        role: &str,
+        group: v1::offer::operation::LaunchGroup,
+        remaining: &mut Resources,
+    ) {
+        let executor = group.executor;
+        let tasks = group.task_group.tasks;
+        match self.validate_group(fid, agent, &executor, &tasks, remaining) {
+            Err(msg) => {
+                for task in &tasks {
+                    let status =
+                        self.task_error(task, v1::task_status::Reason::TaskGroupInvalid, &msg);
+                    self.send_event(fid, update_event(status));
+                }
+            }
+            Ok((charge, per_task)) => {
+                let eid = executor.executor_id.value.clone();
+                let ids: Vec<String> = tasks.iter().map(|t| t.task_id.value.clone()).collect();
+                remaining.subtract(&charge);
+                let fw = self.frameworks.get_mut(fid).expect("caller checked");
+                let mut info = executor;
+                info.framework_id = Some(v1::FrameworkId::from_str(fid));
+                let e = fw.executors.entry(eid.clone()).or_insert_with(|| Executor {
+                    agent_id: agent.to_string(),
+                    info,
+                    role: role.to_string(),
+                    resources: charge,
+                    tasks: BTreeSet::new(),
+                });
+                e.tasks.extend(ids.iter().cloned());
+                tracing::info!(framework = %fid, executor = %eid, tasks = ids.len(), "launching a task group");
+                for (task, resources) in tasks.into_iter().zip(per_task) {
+                    remaining.subtract(&resources);
+                    let group = TaskGroupRef { executor_id: eid.clone(), task_ids: ids.clone() };
+                    self.start_task(fid, agent, role, task, resources, Some(group));
+                }
+            }
+        }
+    }
+
+    /// Mesos' task group validation; returns what the executor is charged (nothing when it
+    /// already runs on the agent) and each task's resources.
+    fn validate_group(
+        &self,
+        fid: &str,
+        agent: &str,
+        executor: &v1::ExecutorInfo,
+        tasks: &[v1::TaskInfo],
+        available: &Resources,
+    ) -> Result<(Resources, Vec<Resources>), String> {
+        use v1::executor_info::Type;
+        if tasks.is_empty() {
+            return Err("Task group cannot be empty".into());
+        }
+        match executor.r#type.and_then(|t| Type::try_from(t).ok()) {
+            Some(Type::Default) => {}
+            Some(Type::Custom) => {
+                return Err("Custom executors are not supported yet: task groups run under the DEFAULT executor".into());
+            }
+            _ => return Err("'ExecutorInfo.type' must be set".into()),
+        }
+        let eid = &executor.executor_id.value;
+        validate_id(eid).map_err(|e| format!("Executor ID '{eid}' is invalid: {e}"))?;
+        if let Some(f) = &executor.framework_id
+            && f.value != fid
+        {
+            return Err(format!(
+                "ExecutorInfo has an invalid FrameworkID (Actual: {} vs Expected: {fid})",
+                f.value
+            ));
+        }
+        let fw = &self.frameworks[fid];
+        let charge = match fw.executors.get(eid) {
+            Some(e) if e.agent_id != agent => {
+                return Err(format!("Executor '{eid}' already runs on agent {}", e.agent_id));
+            }
+            Some(_) => Resources::new(),
+            None => {
+                let r = Resources::from_mesos(&executor.resources)
+                    .map_err(|e| format!("Executor uses invalid resources: {e}"))?;
+                let min = Resources::new().with_scalar("cpus", 0.01).with_scalar("mem", 32.0);
+                if !r.scalars_only().contains(&min) {
+                    return Err(format!(
+                        "Executor '{eid}' uses {r}: at least cpus:0.01 and mem:32 are needed"
+                    ));
+                }
+                r
+            }
+        };
+        if !available.contains(&charge) {
+            return Err(format!("Executor resources {charge} are more than available {available}"));
+        }
+        let mut left = available.minus(&charge);
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for t in tasks {
+            let id = &t.task_id.value;
+            if !seen.insert(id.clone()) {
+                return Err(format!("Duplicate task ID in task group: {id}"));
+            }
+            if let Some(e) = &t.executor
+                && e.executor_id.value != *eid
+            {
+                return Err(format!(
+                    "The `ExecutorInfo` of task '{id}' is different from the executor of the task group"
+                ));
+            }
+            let mut plain = t.clone();
+            plain.executor = None;
+            let r = self
+                .validate_task(fid, agent, &plain, &left)
+                .map_err(|e| format!("Task '{id}' is invalid: {e}"))?;
+            left.subtract(&r);
+            out.push(r);
+        }
+        Ok((charge, out))
     }
 
     /// Mesos' task validation (the parts that apply to command tasks), with its texts.

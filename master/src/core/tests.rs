@@ -1376,3 +1376,119 @@ fn update_quota_is_validated_then_shown_by_get_quota() {
     let offers = offers_on(&drain(&mut m), 10);
     assert_eq!(offered(&offers[0]).scalar("mem").as_f64(), 256.0);
 }
+
+// -- task groups --------------------------------------------------------------------------------
+
+fn group_op(executor: v1::ExecutorInfo, tasks: Vec<v1::TaskInfo>) -> v1::offer::Operation {
+    v1::offer::Operation {
+        r#type: Some(v1::offer::operation::Type::LaunchGroup as i32),
+        launch_group: Some(v1::offer::operation::LaunchGroup {
+            executor,
+            task_group: v1::TaskGroupInfo { tasks },
+        }),
+        ..Default::default()
+    }
+}
+
+fn default_executor(id: &str, resources: &str) -> v1::ExecutorInfo {
+    v1::ExecutorInfo {
+        r#type: Some(v1::executor_info::Type::Default as i32),
+        executor_id: v1::ExecutorId { value: id.into() },
+        resources: Resources::parse(resources).unwrap().to_mesos(None),
+        ..Default::default()
+    }
+}
+
+fn group_task(offer: &v1::Offer, id: &str) -> v1::TaskInfo {
+    v1::TaskInfo {
+        name: id.into(),
+        task_id: v1::TaskId { value: id.into() },
+        agent_id: offer.agent_id.clone(),
+        resources: Resources::parse("cpus:0.1;mem:32").unwrap().to_mesos(None),
+        command: Some(v1::CommandInfo { value: Some("true".into()), ..Default::default() }),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_task_group_launches_whole_under_its_executor_which_is_released_with_the_last_task() {
+    let mut m = master();
+    add_agent(&mut m, t(0), 1, "cpus:1;mem:256");
+    let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
+    let offer = offers_on(&drain(&mut m), 10).remove(0);
+    let op = group_op(
+        default_executor("e1", "cpus:0.1;mem:32"),
+        vec![group_task(&offer, "a"), group_task(&offer, "b")],
+    );
+    let cmds = call_ok(&mut m, t(1), 10, accept_ops(&fid, &offer, vec![op]));
+    let runs: Vec<RunTask> = to_agent(&cmds, 1)
+        .into_iter()
+        .filter_map(|msg| match msg {
+            MasterMessage::RunTask(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(runs.len(), 2);
+    for r in &runs {
+        let g = r.task.group.as_ref().unwrap();
+        assert_eq!(
+            (g.executor_id.as_str(), g.task_ids.clone()),
+            ("e1", vec!["a".to_string(), "b".into()])
+        );
+    }
+    let ex = m.get_executors().executors;
+    assert_eq!(ex.len(), 1);
+    assert_eq!(ex[0].executor_info.framework_id.as_ref().unwrap().value, fid);
+    let tasks = m.get_tasks().tasks;
+    assert!(tasks.iter().all(|t| t.executor_id.as_ref().unwrap().value == "e1"));
+    // What is left is re-offered: 1 - 0.1 - 2 * 0.1 cpus.
+    let left = offered(&offers_on(&cmds, 10)[0]);
+    assert_eq!(left.scalar("cpus").as_f64(), 0.7);
+    // Updates carry the executor id; the executor's resources return with the last task.
+    m.agent_message(t(2), 1, status(&fid, "a", TaskState::TaskFinished, 1));
+    let cmds = drain(&mut m);
+    assert_eq!(updates_on(&cmds, 10)[0].executor_id.as_ref().unwrap().value, "e1");
+    assert_eq!(m.get_executors().executors.len(), 1, "b still runs");
+    m.agent_message(t(3), 1, status(&fid, "b", TaskState::TaskFinished, 2));
+    drain(&mut m);
+    assert!(m.get_executors().executors.is_empty());
+    m.allocator().check_invariants().unwrap();
+    // Nothing leaked: the framework holds exactly its outstanding offers (the whole agent).
+    let offered_cpus: f64 = m.offers().values().map(|o| o.resources.scalar("cpus").as_f64()).sum();
+    assert_eq!(offered_cpus, 1.0);
+    assert_eq!(m.allocator().framework_allocated(&fid).scalar("cpus").as_f64(), 1.0);
+}
+
+#[test]
+fn an_invalid_task_group_fails_every_task_with_the_group_reason() {
+    let mut m = master();
+    add_agent(&mut m, t(0), 1, "cpus:1;mem:256");
+    let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
+    let mut offer = offers_on(&drain(&mut m), 10).remove(0);
+    let cases: Vec<(v1::ExecutorInfo, Vec<&str>, &str)> = vec![
+        (
+            v1::ExecutorInfo { r#type: None, ..default_executor("e", "cpus:0.1;mem:32") },
+            vec!["a", "b"],
+            "'ExecutorInfo.type' must be set",
+        ),
+        (default_executor("e", "cpus:0.1"), vec!["a", "b"], "at least cpus:0.01 and mem:32"),
+        (default_executor("e", "cpus:0.1;mem:32"), vec!["a", "a"], "Duplicate task ID"),
+        (default_executor("e", "cpus:0.9;mem:32"), vec!["a", "b"], "Task 'b' is invalid"),
+    ];
+    for (executor, ids, want) in cases {
+        let tasks = ids.iter().map(|id| group_task(&offer, id)).collect();
+        let cmds =
+            call_ok(&mut m, t(1), 10, accept_ops(&fid, &offer, vec![group_op(executor, tasks)]));
+        let u = updates_on(&cmds, 10);
+        assert_eq!(u.len(), ids.len(), "{want}: {u:?}");
+        for s in &u {
+            assert_eq!(s.state(), TaskState::TaskError);
+            assert_eq!(s.reason(), v1::task_status::Reason::TaskGroupInvalid);
+            assert!(s.message().contains(want), "{want}: {:?}", s.message);
+        }
+        assert!(!to_agent(&cmds, 1).iter().any(|msg| matches!(msg, MasterMessage::RunTask(_))));
+        offer = offers_on(&cmds, 10).remove(0);
+    }
+    assert!(m.get_executors().executors.is_empty());
+    m.allocator().check_invariants().unwrap();
+}
