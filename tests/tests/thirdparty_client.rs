@@ -1,7 +1,8 @@
 //! A third-party Mesos client library, unmodified, against a real cluster: pymesos 0.3.15
 //! (PyPI) drives `tests/python/thirdparty_client.py`, which launches tasks, kills one,
 //! reconciles explicitly and implicitly, and — after this test restarts the master on the same
-//! port — resubscribes with the same framework id and finds its tasks still running.
+//! port and work dir — resubscribes with the same framework id and finds its tasks still
+//! running, with no TASK_LOST in between (the master recovers its registry).
 //!
 //! The library lives in a venv that `scripts/pyclient-venv.sh` builds (`scripts/test` builds it
 //! before the tests; here it is built on demand and the test is skipped, saying why, where it
@@ -50,6 +51,9 @@ fn pymesos_launches_kills_reconciles_and_resubscribes_after_a_master_restart() {
         .arg("--restart-file")
         .arg(&flag)
         .args(["--timeout", "240"])
+        // The restarted master recovers its registry: until the agent re-registers it does
+        // not answer reconciliation, so no interim TASK_LOST may reach the framework.
+        .arg("--strict-restart-reconcile")
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -18,6 +18,7 @@
 
 pub mod allocator;
 mod operator;
+mod registry;
 mod scheduler;
 pub mod time;
 
@@ -33,6 +34,7 @@ use corral_wire::resources::Resources;
 
 pub use self::allocator::{Allocator, AllocatorConfig};
 pub use self::operator::{Drain, OperatorResponse, operator_heartbeat, validate_operator_call};
+pub use self::registry::{AgentEntry, REGISTRY_VERSION, Registry};
 pub use self::scheduler::{CallError, CallResponse, heartbeat_event, validate_call};
 pub use self::time::Time;
 
@@ -57,6 +59,8 @@ pub struct MasterConfig {
     pub max_completed_tasks_per_framework: usize,
     /// Role weights (`--weights`).
     pub weights: Vec<(String, f64)>,
+    /// After a restart, how long agents the registry lists have to re-register.
+    pub agent_reregister_timeout: Duration,
     pub allocator: AllocatorConfig,
 }
 
@@ -69,6 +73,7 @@ impl Default for MasterConfig {
             max_completed_frameworks: 50,
             max_completed_tasks_per_framework: 1000,
             weights: Vec::new(),
+            agent_reregister_timeout: Duration::from_secs(600),
             allocator: AllocatorConfig::default(),
         }
     }
@@ -135,6 +140,8 @@ pub enum Command {
     CloseStream { stream: StreamId },
     /// Write an operator API event to one operator stream, or (`None`) to every one.
     OperatorEvent { stream: Option<StreamId>, event: v1::master::Event },
+    /// Durably store the registry before performing any later command.
+    Persist(Box<Registry>),
 }
 
 /// An agent's connection state.
@@ -378,6 +385,7 @@ pub struct Offer {
 enum Timer {
     AgentPing(String),
     FrameworkFailover(String),
+    RecoveredAgents,
 }
 
 /// The master state machine. See the module docs.
@@ -407,6 +415,10 @@ pub struct Master {
     operator_streams: BTreeSet<StreamId>,
     /// Agents marked gone: they may never register again.
     gone_agents: BTreeSet<String>,
+    /// Agents the recovered registry lists that have not re-registered yet.
+    recovered_agents: BTreeMap<String, registry::RecoveredAgent>,
+    /// The registry as last handed to the shell to persist.
+    persisted: Option<Registry>,
     pub metrics: Metrics,
 }
 
@@ -455,6 +467,8 @@ impl Master {
             next_offer: 0,
             operator_streams: BTreeSet::new(),
             gone_agents: BTreeSet::new(),
+            recovered_agents: BTreeMap::new(),
+            persisted: None,
             metrics: Metrics::default(),
         }
     }
@@ -519,6 +533,7 @@ impl Master {
             match timer {
                 Timer::AgentPing(id) => self.ping_due(&id, at),
                 Timer::FrameworkFailover(id) => self.failover_expired(&id, at),
+                Timer::RecoveredAgents => self.recovered_agents_expired(at),
             }
         }
         self.allocator.expire_filters(now);
@@ -668,6 +683,10 @@ impl Master {
             deactivated: previous.as_ref().is_some_and(|p| p.deactivated),
             drain: previous.as_ref().and_then(|p| p.drain.clone()),
         };
+        if let Some((deactivated, drain)) = self.take_recovered(&id) {
+            agent.deactivated = deactivated;
+            agent.drain = drain;
+        }
         let known: BTreeSet<(String, String)> =
             previous.as_ref().map(|p| p.tasks.clone()).unwrap_or_default();
         let reports = std::mem::take(&mut agent.registration.tasks);
@@ -786,6 +805,8 @@ impl Master {
             );
         }
         self.check_drained(&id);
+        // Admitted (or re-admitted) durably before the agent is told.
+        self.persist();
         tracing::info!(agent = %id, reregister, "agent registered");
         self.commands.push_back(Command::SendAgent {
             conn,

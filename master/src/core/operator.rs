@@ -188,7 +188,7 @@ impl Master {
                 .filter(|a| a.state != AgentState::Unreachable)
                 .map(|a| self.agent_proto(a))
                 .collect(),
-            recovered_agents: Vec::new(),
+            recovered_agents: self.recovered_agents().collect(),
         }
     }
 
@@ -664,6 +664,7 @@ impl Master {
             tracing::info!(%role, guarantees = %q.guarantees, limits = %q.limits, "quota updated");
             self.allocator.set_quota(&role, q);
         }
+        self.persist();
         Ok(())
     }
 
@@ -690,6 +691,7 @@ impl Master {
             self.allocator.set_weight(&role, w.weight);
             self.weights.insert(role, w.weight);
         }
+        self.persist();
         Ok(())
     }
 
@@ -707,6 +709,7 @@ impl Master {
         self.allocator.deactivate_agent(id);
         self.rescind_agent_offers(id);
         self.emit_agent_added(id);
+        self.persist();
     }
 
     fn reactivate_agent(&mut self, id: &str) -> Result<(), CallError> {
@@ -723,6 +726,7 @@ impl Master {
             self.allocator.activate_agent(id);
         }
         self.emit_agent_added(id);
+        self.persist();
         Ok(())
     }
 
@@ -785,6 +789,7 @@ impl Master {
             d.state = v1::DrainState::Drained;
         }
         self.emit_agent_added(id);
+        self.persist();
         if mark_gone {
             let _ = self.mark_agent_gone(id);
         }
@@ -861,6 +866,7 @@ impl Master {
             }
         }
         self.emit(|_| agent_removed(id));
+        self.persist();
         Ok(())
     }
 

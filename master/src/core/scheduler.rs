@@ -1001,6 +1001,12 @@ impl Master {
                     out.push((tid, latest(t)));
                     continue;
                 }
+                // After a restart, an agent the registry lists may still hold the task: no
+                // answer until it re-registers or its time runs out (as Mesos).
+                if agent.as_ref().map_or(self.recovering(), |a| self.is_recovered(a)) {
+                    tracing::debug!(framework = %fid, task = %tid, "not reconciling while agents may re-register");
+                    continue;
+                }
                 let answer = match agent.as_ref().and_then(|a| self.agents.get(a)) {
                     Some(a) if a.state == super::AgentState::Unreachable => (
                         fw.lost(v1::TaskState::TaskUnreachable),

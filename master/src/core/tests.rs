@@ -1492,3 +1492,114 @@ fn an_invalid_task_group_fails_every_task_with_the_group_reason() {
     assert!(m.get_executors().executors.is_empty());
     m.allocator().check_invariants().unwrap();
 }
+
+// -- the registry ---------------------------------------------------------------------------------
+
+fn persisted(cmds: &[Command]) -> Vec<Registry> {
+    cmds.iter()
+        .filter_map(|c| match c {
+            Command::Persist(r) => Some((**r).clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn an_agent_is_admitted_durably_before_it_is_told() {
+    let mut m = master();
+    m.agent_message(t(0), 1, AgentMessage::Register(registration(None, "cpus:1;mem:128")));
+    let cmds = drain_keep(&mut m);
+    let persist = cmds.iter().position(|c| matches!(c, Command::Persist(_))).expect("persisted");
+    let told = cmds
+        .iter()
+        .position(|c| matches!(c, Command::SendAgent { msg: MasterMessage::Registered { .. }, .. }))
+        .unwrap();
+    assert!(persist < told, "{cmds:?}");
+    let reg = persisted(&cmds).pop().unwrap();
+    assert_eq!(reg.agents.len(), 1);
+    // A ping answered changes nothing durable: no second write.
+    let agent = reg.agents.keys().next().unwrap().clone();
+    m.agent_disconnected(t(1), 1);
+    m.agent_message(t(1), 2, AgentMessage::Register(registration(Some(&agent), "cpus:1;mem:128")));
+    assert!(persisted(&drain_keep(&mut m)).is_empty(), "the same registry is not written twice");
+}
+
+#[test]
+fn after_a_restart_reconciliation_waits_for_the_registry_agents() {
+    // The first master: an agent, a running task, a drain setting and a gone agent.
+    let (mut m, agent, fid) = one_running_task();
+    m.agent_message(t(1), 2, AgentMessage::Register(registration(None, "cpus:1;mem:128")));
+    let gone = drain(&mut m)
+        .iter()
+        .find_map(|c| match c {
+            Command::SendAgent { conn: 2, msg: MasterMessage::Registered { agent_id, .. } } => {
+                Some(agent_id.clone())
+            }
+            _ => None,
+        })
+        .unwrap();
+    let r = m.operator_call(t(2), agent_call(op::call::Type::MarkAgentGone, &gone));
+    assert_eq!(r, Ok(OperatorResponse::Ok));
+    let r = m.operator_call(t(2), agent_call(op::call::Type::DeactivateAgent, &agent));
+    assert_eq!(r, Ok(OperatorResponse::Ok));
+    let reg = m.registry();
+    assert!(reg.gone.contains(&gone));
+    assert!(reg.agents[&agent].deactivated);
+
+    // The next master recovers it.
+    let mut m2 = master();
+    m2.recover(t(10), reg);
+    assert!(m2.recovering());
+    assert_eq!(m2.get_agents().recovered_agents.len(), 1);
+    let fid2 = {
+        let mut info = framework_info("fw", &[]);
+        info.id = Some(v1::FrameworkId { value: fid.clone() });
+        subscribe(&mut m2, t(11), 20, info)
+    };
+    assert_eq!(fid2, fid);
+    let reconcile = |tid: &str, agent: Option<&str>| Call {
+        framework_id: fid_of(&fid),
+        r#type: Some(call::Type::Reconcile as i32),
+        reconcile: Some(call::Reconcile {
+            tasks: vec![call::reconcile::Task {
+                task_id: v1::TaskId { value: tid.into() },
+                agent_id: agent.map(|a| v1::AgentId { value: a.into() }),
+            }],
+        }),
+        ..Default::default()
+    };
+    // Unknown to this master, maybe on the recovered agent: no answer (not TASK_LOST).
+    let cmds = call_ok(&mut m2, t(12), 20, reconcile("t1", None));
+    assert!(updates_on(&cmds, 20).is_empty(), "{cmds:?}");
+    let cmds = call_ok(&mut m2, t(12), 20, reconcile("t1", Some(&agent)));
+    assert!(updates_on(&cmds, 20).is_empty());
+    // The gone agent stays gone.
+    m2.agent_message(t(13), 3, AgentMessage::Register(registration(Some(&gone), "cpus:1;mem:128")));
+    assert!(matches!(&to_agent(&drain(&mut m2), 3)[..], [MasterMessage::Refused { .. }]));
+    // The agent comes back with its task: RUNNING, and still deactivated.
+    let mut reg = registration(Some(&agent), "cpus:1;mem:128");
+    reg.tasks = vec![TaskReport {
+        framework_id: fid.clone(),
+        task: TaskSpec {
+            task_id: "t1".into(),
+            resources: Resources::parse("cpus:0.5;mem:64").unwrap(),
+            ..Default::default()
+        },
+        state: TaskState::TaskRunning as i32,
+    }];
+    m2.agent_message(t(14), 4, AgentMessage::Register(reg));
+    drain(&mut m2);
+    assert!(!m2.recovering());
+    assert!(m2.agents()[&agent].deactivated);
+    let u = updates_on(&call_ok(&mut m2, t(15), 20, reconcile("t1", None)), 20);
+    assert_eq!(u[0].state(), TaskState::TaskRunning);
+    // Past the re-registration window, unknown tasks get their answer again.
+    let mut m3 = master();
+    let mut reg = m2.registry();
+    reg.agents.insert("other-S9".into(), AgentEntry::default());
+    m3.recover(t(20), reg);
+    m3.handle_timeout(t(20) + Duration::from_secs(601));
+    assert!(!m3.recovering());
+    let cmds = drain(&mut m3);
+    assert!(persisted(&cmds).iter().all(|r| !r.agents.contains_key("other-S9")), "{cmds:?}");
+}

@@ -61,6 +61,11 @@ pub struct MasterArgs {
     #[arg(long, default_value_t = 5)]
     pub max_agent_ping_timeouts: u32,
 
+    /// After a restart, how long agents admitted before have to re-register before they are
+    /// forgotten; meanwhile reconciliation does not answer for tasks they may hold.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub agent_reregister_timeout: Duration,
+
     /// Role weights for DRF, e.g. `prod=3,batch=1` (default weight 1).
     #[arg(long, default_value = "")]
     pub weights: String,
@@ -114,6 +119,7 @@ impl MasterArgs {
             max_completed_frameworks: self.max_completed_frameworks,
             max_completed_tasks_per_framework: self.max_completed_tasks_per_framework,
             weights,
+            agent_reregister_timeout: self.agent_reregister_timeout,
             ..MasterConfig::default()
         })
     }
@@ -130,6 +136,10 @@ impl MasterArgs {
                 humantime::format_duration(self.agent_ping_timeout).to_string(),
             ),
             ("max_agent_ping_timeouts".into(), self.max_agent_ping_timeouts.to_string()),
+            (
+                "agent_reregister_timeout".into(),
+                humantime::format_duration(self.agent_reregister_timeout).to_string(),
+            ),
             ("weights".into(), self.weights.clone()),
             ("max_completed_frameworks".into(), self.max_completed_frameworks.to_string()),
             (

@@ -44,6 +44,55 @@ pub enum MasterError {
     Flag(String),
     #[error("http server failed: {0}")]
     Http(std::io::Error),
+    #[error("cannot recover the registry {path}: {why}")]
+    Registry { path: std::path::PathBuf, why: String },
+}
+
+/// Where the registry lives in the master's work dir.
+pub fn registry_path(work_dir: &std::path::Path) -> std::path::PathBuf {
+    work_dir.join("registry.json")
+}
+
+/// The registry a previous master left, if any. A file that is not a registry is an error
+/// naming it: starting without it would forget admitted agents and agents marked gone.
+pub fn load_registry(
+    work_dir: &std::path::Path,
+) -> Result<Option<crate::core::Registry>, MasterError> {
+    let path = registry_path(work_dir);
+    let err = |why: String| MasterError::Registry { path: path.clone(), why };
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(err(e.to_string())),
+    };
+    let reg: crate::core::Registry =
+        serde_json::from_slice(&bytes).map_err(|e| err(e.to_string()))?;
+    if reg.version != crate::core::REGISTRY_VERSION {
+        return Err(err(format!(
+            "format version {} (this master reads {})",
+            reg.version,
+            crate::core::REGISTRY_VERSION
+        )));
+    }
+    Ok(Some(reg))
+}
+
+/// Replaces the registry crash-atomically: temp file, fsync, rename, fsync of the directory.
+pub fn store_registry(
+    work_dir: &std::path::Path,
+    reg: &crate::core::Registry,
+) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let path = registry_path(work_dir);
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(reg).map_err(std::io::Error::other)?;
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(work_dir)?.sync_all()
 }
 
 /// How an event stream encodes its events.
@@ -248,6 +297,8 @@ struct Actor {
     streams: HashMap<StreamId, Sink>,
     /// Operator API event streams.
     operator_streams: HashMap<StreamId, Sink>,
+    /// Where the registry is persisted.
+    work_dir: std::path::PathBuf,
 }
 
 impl Actor {
@@ -277,7 +328,10 @@ impl Actor {
                 self.master.operator_subscribe(now, stream);
             }
             Input::OperatorCall { call, reply } => {
-                let _ = reply.send(self.master.operator_call(now, call));
+                let result = self.master.operator_call(now, call);
+                // What the call changed is persisted before the operator hears back.
+                self.perform();
+                let _ = reply.send(result);
             }
             Input::Call { stream_id, call, reply } => {
                 let _ = reply.send(self.master.call(now, stream_id.as_deref(), call));
@@ -321,6 +375,14 @@ impl Actor {
                     self.streams.remove(&stream);
                 }
                 Command::OperatorEvent { stream, event } => self.operator_event(stream, &event),
+                Command::Persist(reg) => {
+                    if let Err(e) = store_registry(&self.work_dir, &reg) {
+                        tracing::error!(
+                            path = %registry_path(&self.work_dir).display(),
+                            "cannot persist the registry: {e}"
+                        );
+                    }
+                }
             }
         }
     }
@@ -441,7 +503,14 @@ pub async fn run(
     };
     let clock = Clock::new();
     let heartbeat_interval = config.heartbeat_interval;
-    let master = Master::new(config, identity.clone(), clock.now());
+    let mut master = Master::new(config, identity.clone(), clock.now());
+    std::fs::create_dir_all(&args.work_dir).map_err(|e| MasterError::Registry {
+        path: args.work_dir.clone(),
+        why: format!("cannot create the work dir: {e}"),
+    })?;
+    if let Some(reg) = load_registry(&args.work_dir)? {
+        master.recover(clock.now(), reg);
+    }
     let (tx, rx) = mpsc::channel(4096);
     let (ctl_tx, ctl_rx) = mpsc::unbounded_channel();
     let handle = Handle {
@@ -463,6 +532,7 @@ pub async fn run(
         agents: HashMap::new(),
         streams: HashMap::new(),
         operator_streams: HashMap::new(),
+        work_dir: args.work_dir.clone(),
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let actor_task = tokio::spawn(actor.run(rx, ctl_rx, {

@@ -233,6 +233,11 @@ fn agent_json(m: &Master, a: &Agent) -> Value {
     Value::Object(o)
 }
 
+/// Agents the registry lists that have not re-registered since the master started.
+fn recovered_slaves(m: &Master) -> Value {
+    Value::Array(m.recovered_agents().map(|a| json::to_value(&a)).collect())
+}
+
 /// `/state`.
 pub fn state(m: &Master, flags: &[(String, String)]) -> Value {
     let id = m.identity();
@@ -264,7 +269,7 @@ pub fn state(m: &Master, flags: &[(String, String)]) -> Value {
                 .collect(),
         ),
     );
-    o.insert("recovered_slaves".into(), json!([]));
+    o.insert("recovered_slaves".into(), recovered_slaves(m));
     o.insert(
         "frameworks".into(),
         Value::Array(m.frameworks().values().map(|f| framework_json(m, f)).collect()),
@@ -287,7 +292,7 @@ pub fn slaves(m: &Master, slave_id: Option<&str>) -> Value {
         .filter(|a| slave_id.is_none_or(|id| a.id == id))
         .map(|a| agent_json(m, a))
         .collect();
-    json!({"slaves": slaves, "recovered_slaves": []})
+    json!({"slaves": slaves, "recovered_slaves": recovered_slaves(m)})
 }
 
 /// `/frameworks` (`?framework_id=` keeps that one framework).
