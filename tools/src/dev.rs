@@ -115,6 +115,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         corral_wire::tls::write_cluster(&tls, &names).context("making the dev cluster's CA")?;
     }
     let master_addr: MasterAddr = format!("127.0.0.1:{}", args.port).parse()?;
+    // Each dev cluster starts fresh (its agents register anew, under new ids): the previous
+    // run's registry would only make the master wait for agents that never come back.
+    match std::fs::remove_file(corral_master::shell::registry_path(&work.join("master"))) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            bail!("cannot remove the previous dev master's registry: {e}")
+        }
+        _ => {}
+    }
     let master = spawn(
         "master",
         &[
