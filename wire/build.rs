@@ -14,6 +14,7 @@ fn main() {
         "mesos/v1/quota/quota.proto",
         "mesos/v1/maintenance/maintenance.proto",
         "mesos/v1/allocator/allocator.proto",
+        "mesos/v1/executor/executor.proto",
     ];
     let fds = match protox::compile(files, ["proto"]) {
         Ok(fds) => fds,

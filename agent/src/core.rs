@@ -105,6 +105,18 @@ pub enum Event {
     Limited { container_id: String, reason: Reason, message: String },
     /// The agent is stopping: kill every task.
     Shutdown,
+    /// A custom executor subscribed on the executor API (`stream` numbered by the shell).
+    ExecutorSubscribed { framework_id: String, executor_id: String, stream: u64 },
+    /// Its stream ended.
+    ExecutorDisconnected { framework_id: String, executor_id: String, stream: u64 },
+    /// An executor's UPDATE call.
+    ExecutorUpdate {
+        framework_id: String,
+        executor_id: String,
+        status: corral_wire::mesos::v1::TaskStatus,
+    },
+    /// An executor's MESSAGE call.
+    ExecutorMessage { framework_id: String, executor_id: String, data: Vec<u8> },
 }
 
 /// What the core asks the shell to do.
@@ -126,6 +138,16 @@ pub enum Command {
     /// A RESERVE, UNRESERVE, CREATE or DESTROY was applied to the agent's resources: create
     /// or delete the volumes and checkpoint the new `total`.
     Convert { conv: Conversion, total: Resources },
+    /// Write an event to a custom executor's stream.
+    ExecutorEvent {
+        framework_id: String,
+        executor_id: String,
+        event: corral_wire::mesos::v1::executor::Event,
+    },
+    /// End a custom executor's stream.
+    CloseExecutorStream { framework_id: String, executor_id: String },
+    /// Set a container's limits for `resources` (an executor's grow with its tasks).
+    Resize { container_id: String, resources: Resources },
 }
 
 /// Everything the shell needs to start a container.
@@ -221,7 +243,14 @@ pub struct Core {
     completed: VecDeque<TaskRecord>,
     commands: VecDeque<Command>,
     shutting_down: bool,
+    /// Custom executors running here.
+    executors: BTreeMap<executors::ExecutorKey, executors::ExecutorRun>,
+    /// Executor container id -> executor.
+    executor_containers: HashMap<String, executors::ExecutorKey>,
 }
+
+#[path = "core_executors.rs"]
+mod executors;
 
 impl fmt::Debug for Core {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -246,6 +275,8 @@ impl Core {
             completed: VecDeque::new(),
             commands: VecDeque::new(),
             shutting_down: false,
+            executors: BTreeMap::new(),
+            executor_containers: HashMap::new(),
         }
     }
 
@@ -275,7 +306,7 @@ impl Core {
 
     /// How many tasks still have (or may still get) a process.
     pub fn live_containers(&self) -> usize {
-        self.tasks().filter(|t| t.phase != Phase::Done).count()
+        self.tasks().filter(|t| t.phase != Phase::Done).count() + self.live_executors()
     }
 
     /// How many keys have updates not yet acknowledged.
@@ -293,7 +324,7 @@ impl Core {
         let retries =
             self.entries.values().filter_map(|e| e.retry.filter(|_| registered).map(|r| r.at));
         let kills = self.tasks().filter_map(|t| t.kill.and_then(|k| k.deadline));
-        retries.chain(kills).min()
+        retries.chain(kills).chain(self.executor_next_timeout()).min()
     }
 
     /// Runs every timer due at `now`: resends unacknowledged heads, forces overdue kills.
@@ -319,10 +350,49 @@ impl Core {
                 }
             }
         }
+        self.executor_timeouts(now);
     }
 
     pub fn handle(&mut self, now: Now, event: Event) {
+        // An executor's own container.
+        match &event {
+            Event::Launched { container_id } | Event::Started { container_id, .. }
+                if self.executor_containers.contains_key(container_id) =>
+            {
+                return;
+            }
+            Event::LaunchFailed { container_id, message }
+            | Event::Limited { container_id, message, .. }
+                if self.executor_containers.contains_key(container_id) =>
+            {
+                let (cid, why) = (container_id.clone(), message.clone());
+                return self.executor_exited(now, &cid, &why);
+            }
+            Event::Exited { container_id, status }
+                if self.executor_containers.contains_key(container_id) =>
+            {
+                let why = match status {
+                    ExitStatus::Code(c) => format!("exited with status {c}"),
+                    ExitStatus::Signal(s) => format!("terminated with signal {}", signal_name(*s)),
+                };
+                let cid = container_id.clone();
+                return self.executor_exited(now, &cid, &why);
+            }
+            _ => {}
+        }
         match event {
+            Event::ExecutorSubscribed { framework_id, executor_id, stream } => {
+                self.executor_subscribed((framework_id, executor_id), stream)
+            }
+            Event::ExecutorDisconnected { framework_id, executor_id, stream } => {
+                self.executor_disconnected((framework_id, executor_id), stream)
+            }
+            Event::ExecutorUpdate { framework_id, executor_id, status } => {
+                self.executor_update(now, (framework_id, executor_id), status)
+            }
+            Event::ExecutorMessage { framework_id, executor_id, data } => {
+                self.executor_message((framework_id, executor_id), data)
+            }
             Event::Connected { http_address } => self.connected(http_address),
             Event::Disconnected => {
                 self.link = Link::Down;
@@ -423,6 +493,9 @@ impl Core {
                 for key in keys {
                     self.kill(now, &key, grace);
                 }
+                for ekey in self.all_executors() {
+                    self.shutdown_executor(now, &ekey);
+                }
             }
         }
     }
@@ -498,6 +571,15 @@ impl Core {
                             msg,
                         );
                     }
+                    Some(task) if task.spec.executor.is_some() => {
+                        let eid = task.spec.executor.as_ref().map(|e| e.executor_id.clone());
+                        if let Some(t) = self.entries.get_mut(&key).and_then(|e| e.task.as_mut())
+                            && t.phase != Phase::Done
+                        {
+                            t.kill.get_or_insert(Kill { deadline: None });
+                        }
+                        self.kill_executor_task(now, &key, &eid.unwrap_or_default());
+                    }
                     Some(task) => {
                         let grace = grace_period_ns
                             .or(task.spec.kill_grace_period_ns)
@@ -506,6 +588,12 @@ impl Core {
                         self.kill(now, &key, grace);
                     }
                 }
+            }
+            MasterMessage::FrameworkMessage { framework_id, executor_id, data } => {
+                self.framework_message((framework_id, executor_id), data);
+            }
+            MasterMessage::ShutdownExecutor { framework_id, executor_id } => {
+                self.shutdown_executor(now, &(framework_id, executor_id));
             }
             MasterMessage::Convert(conv) => {
                 let total = &mut self.config.registration.resources;
@@ -540,6 +628,9 @@ impl Core {
                     }
                     self.kill(now, &key, self.config.default_kill_grace);
                     self.maybe_forget(&key);
+                }
+                for ekey in self.executors_of(&framework_id) {
+                    self.shutdown_executor(now, &ekey);
                 }
             }
         }
@@ -588,6 +679,15 @@ impl Core {
             tracing::warn!(%key, message, "refusing task");
             self.entries.entry(key.clone()).or_default().task = Some(record);
             self.push_update(now, &key, state, Some(reason), Source::Agent, &message);
+            return;
+        }
+        if let Some(spec) = record.spec.executor.clone() {
+            // Run by its custom executor, not in a container of its own.
+            record.phase = Phase::Starting;
+            let framework = record.framework.clone();
+            tracing::info!(%key, executor = %spec.executor_id, "task for a custom executor");
+            self.entries.entry(key.clone()).or_default().task = Some(record);
+            self.run_on_executor(&key, &spec, &framework);
             return;
         }
         let container_id =
@@ -667,6 +767,15 @@ impl Core {
         }
         entry.updates.pop_front();
         entry.retry = None;
+        let executor = entry
+            .task
+            .as_ref()
+            .and_then(|t| t.spec.executor.as_ref())
+            .map(|e| e.executor_id.clone());
+        if let Some(eid) = executor {
+            self.executor_acknowledged(&key, &eid, uuid);
+        }
+        let Some(entry) = self.entries.get_mut(&key) else { return };
         if entry.updates.is_empty() {
             self.maybe_forget(&key);
         } else {
@@ -707,7 +816,22 @@ impl Core {
         source: Source,
         message: &str,
     ) {
-        let uuid = self.ids.next_id();
+        self.push_update_as(now, key, state, reason, source, message, None);
+    }
+
+    /// [`Core::push_update`] with a given uuid (an executor's), else a fresh one.
+    #[allow(clippy::too_many_arguments)]
+    fn push_update_as(
+        &mut self,
+        now: Now,
+        key: &TaskKey,
+        state: TaskState,
+        reason: Option<Reason>,
+        source: Source,
+        message: &str,
+        uuid: Option<[u8; 16]>,
+    ) {
+        let uuid = uuid.unwrap_or_else(|| self.ids.next_id());
         let Some(entry) = self.entries.get_mut(key) else {
             return;
         };

@@ -1,6 +1,8 @@
 //! The agent's HTTP API (a subset of Mesos' agent endpoints): `/health`, `/state` (also as
 //! `/slave(1)/state`), `/files/browse`, `/files/read`, `/files/download` and
-//! `/monitor/statistics`, `/metrics/snapshot`. Handlers are thin: state comes from the core's task table (read
+//! `/monitor/statistics`, `/metrics/snapshot`, and the v1 executor API (`/api/v1/executor`:
+//! SUBSCRIBE opens a RecordIO event stream, UPDATE and MESSAGE answer 202; calls go to the
+//! shell's loop through a channel). Handlers are thin: state comes from the core's task table (read
 //! under its lock, never across an await), files from the work directory only, statistics
 //! from each container's cgroup files.
 #![forbid(unsafe_code)]
@@ -46,6 +48,182 @@ pub struct HttpState {
     pub work_dir: PathBuf,
     /// The agent's cgroup: containers are its children, named by container id.
     pub cgroups: crate::cgroup::Cgroup,
+    /// Executor API calls, to the shell's loop.
+    pub executors: tokio::sync::mpsc::UnboundedSender<ExecutorInput>,
+    pub next_stream: std::sync::atomic::AtomicU64,
+}
+
+/// An executor API call for the shell's loop.
+#[derive(Debug)]
+pub enum ExecutorInput {
+    Subscribe {
+        framework_id: String,
+        executor_id: String,
+        stream: u64,
+        tx: tokio::sync::mpsc::Sender<bytes::Bytes>,
+        protobuf: bool,
+    },
+    Closed {
+        framework_id: String,
+        executor_id: String,
+        stream: u64,
+    },
+    Update {
+        framework_id: String,
+        executor_id: String,
+        status: Box<corral_wire::mesos::v1::TaskStatus>,
+    },
+    Message {
+        framework_id: String,
+        executor_id: String,
+        data: Vec<u8>,
+    },
+}
+
+/// Events buffered per executor stream before the executor counts as stuck.
+const EXECUTOR_STREAM_BUFFER: usize = 1024;
+
+/// `POST /api/v1/executor`, with Mesos' statuses and texts.
+async fn executor_api(
+    State(s): State<Arc<HttpState>>,
+    method: axum::http::Method,
+    headers: axum::http::HeaderMap,
+    body: bytes::Bytes,
+) -> Response {
+    use corral_wire::mesos::json::{self, JsonError};
+    use corral_wire::mesos::v1::executor::{Call, call};
+    use corral_wire::mesos::{APPLICATION_JSON, APPLICATION_PROTOBUF};
+    let text = |code: StatusCode, m: String| {
+        (code, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], m).into_response()
+    };
+    if method != axum::http::Method::POST {
+        return (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "POST")], "").into_response();
+    }
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return text(StatusCode::BAD_REQUEST, "Expecting 'Content-Type' to be present".into());
+    };
+    let media =
+        ct.to_str().unwrap_or("").split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    let protobuf = media == APPLICATION_PROTOBUF;
+    let call: Call = match media.as_str() {
+        APPLICATION_JSON => match json::from_slice::<Call>(&body) {
+            Ok(c) => c,
+            Err(JsonError::Syntax(e)) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("Failed to parse body into JSON: {e}"),
+                );
+            }
+            Err(JsonError::Convert(e)) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!("Failed to convert JSON into Call protobuf: {e}"),
+                );
+            }
+        },
+        APPLICATION_PROTOBUF => match json::from_protobuf::<Call>(&body) {
+            Ok(c) => c,
+            Err(_) => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "Failed to parse body into Call protobuf".into(),
+                );
+            }
+        },
+        _ => {
+            return text(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Expecting 'Content-Type' of {APPLICATION_JSON} or {APPLICATION_PROTOBUF}"),
+            );
+        }
+    };
+    let framework_id = call.framework_id.value.clone();
+    let executor_id = call.executor_id.value.clone();
+    let invalid =
+        |m: &str| text(StatusCode::BAD_REQUEST, format!("Failed to validate executor::Call: {m}"));
+    let t = call.r#type.and_then(|t| call::Type::try_from(t).ok());
+    match t {
+        Some(call::Type::Subscribe) => {
+            if !lock(&s.core).executor_known(&framework_id, &executor_id) {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "Executor '{executor_id}' of framework '{framework_id}' is not running on this agent"
+                    ),
+                );
+            }
+            let stream = s.next_stream.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (tx, rx) = tokio::sync::mpsc::channel(EXECUTOR_STREAM_BUFFER);
+            let input = ExecutorInput::Subscribe {
+                framework_id: framework_id.clone(),
+                executor_id: executor_id.clone(),
+                stream,
+                tx,
+                protobuf,
+            };
+            if s.executors.send(input).is_err() {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "Agent is shutting down".into());
+            }
+            let guard = StreamGuard { tx: s.executors.clone(), framework_id, executor_id, stream };
+            let body = futures_util::stream::unfold((rx, guard), |(mut rx, guard)| async move {
+                rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), (rx, guard)))
+            });
+            let media = if protobuf { APPLICATION_PROTOBUF } else { APPLICATION_JSON };
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(header::CONTENT_TYPE, media)
+                .body(Body::from_stream(body))
+                .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        }
+        Some(call::Type::Update) => {
+            let Some(update) = call.update else {
+                return invalid("Expecting 'update' to be present");
+            };
+            let status = update.status;
+            if !status.uuid.as_deref().is_some_and(corral_wire::mesos::is_valid_uuid) {
+                return invalid("'uuid' of the status update must be a valid UUID");
+            }
+            if status.source.is_some_and(|src| {
+                src != corral_wire::mesos::v1::task_status::Source::Executor as i32
+            }) {
+                return invalid("Received wrong 'source' for the status update");
+            }
+            let input =
+                ExecutorInput::Update { framework_id, executor_id, status: Box::new(status) };
+            match s.executors.send(input) {
+                Ok(()) => StatusCode::ACCEPTED.into_response(),
+                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "Agent is shutting down".into()),
+            }
+        }
+        Some(call::Type::Message) => {
+            let Some(m) = call.message else { return invalid("Expecting 'message' to be present") };
+            let input = ExecutorInput::Message { framework_id, executor_id, data: m.data };
+            match s.executors.send(input) {
+                Ok(()) => StatusCode::ACCEPTED.into_response(),
+                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "Agent is shutting down".into()),
+            }
+        }
+        Some(call::Type::Heartbeat) => StatusCode::ACCEPTED.into_response(),
+        _ => invalid("Expecting 'type' to be present"),
+    }
+}
+
+/// Tells the shell when an executor's stream ends, however it ends.
+struct StreamGuard {
+    tx: tokio::sync::mpsc::UnboundedSender<ExecutorInput>,
+    framework_id: String,
+    executor_id: String,
+    stream: u64,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let _ = self.tx.send(ExecutorInput::Closed {
+            framework_id: std::mem::take(&mut self.framework_id),
+            executor_id: std::mem::take(&mut self.executor_id),
+            stream: self.stream,
+        });
+    }
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -61,6 +239,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/metrics/snapshot", get(metrics_snapshot))
         .route("/monitor/statistics.json", get(monitor_statistics))
         .route("/files/download", get(files_download))
+        .route("/api/v1/executor", axum::routing::any(executor_api))
         .with_state(state)
 }
 
@@ -119,8 +298,37 @@ pub fn state_json(core: &Core, work_dir: &Path) -> Value {
 
 /// A task's command executor, or `None` for a task refused before it had a container.
 fn executor_json(t: &TaskRecord, work_dir: &Path) -> Option<Value> {
-    let container_id = t.container_id.as_deref()?;
     let task_id = &t.spec.task_id;
+    if let Some(e) = &t.spec.executor {
+        // A custom executor's task: in the executor's own sandbox.
+        let container = t.executor_container.as_deref()?;
+        let directory =
+            paths::sandbox(work_dir, &t.agent_id, &t.framework.id, &e.executor_id, container);
+        let task = json!({
+            "id": task_id,
+            "name": t.spec.name,
+            "framework_id": t.framework.id,
+            "executor_id": e.executor_id,
+            "slave_id": t.agent_id,
+            "state": t.state.as_str_name(),
+            "resources": t.spec.resources.to_summary_json(),
+        });
+        let (tasks, completed) =
+            if is_terminal(t.state) { (vec![], vec![task]) } else { (vec![task], vec![]) };
+        return Some(json!({
+            "id": e.executor_id,
+            "name": e.name,
+            "source": e.executor_id,
+            "framework_id": t.framework.id,
+            "container": container,
+            "directory": directory.to_string_lossy(),
+            "resources": e.resources.to_summary_json(),
+            "tasks": tasks,
+            "queued_tasks": [],
+            "completed_tasks": completed,
+        }));
+    }
+    let container_id = t.container_id.as_deref()?;
     let group = t.spec.group.as_ref().zip(t.executor_container.as_deref());
     let (directory, _) = paths::task_dirs(
         work_dir,

@@ -285,6 +285,15 @@ struct Shell {
     container_events: mpsc::UnboundedSender<Event>,
     stopping: bool,
     refused: Option<String>,
+    /// Subscribed custom executors' event streams: (framework, executor) -> stream.
+    executor_streams: HashMap<(String, String), ExecutorSink>,
+}
+
+/// A custom executor's event stream.
+struct ExecutorSink {
+    stream: u64,
+    tx: mpsc::Sender<bytes::Bytes>,
+    protobuf: bool,
 }
 
 impl Shell {
@@ -344,6 +353,43 @@ impl Shell {
                 }
                 tracing::info!(operation = conv.name(), resources = %conv.resources(), total = %total, "resources converted");
             }
+            Command::ExecutorEvent { framework_id, executor_id, event } => {
+                let key = (framework_id, executor_id);
+                if let Some(sink) = self.executor_streams.get(&key) {
+                    let payload = if sink.protobuf {
+                        prost::Message::encode_to_vec(&event)
+                    } else {
+                        corral_wire::mesos::json::to_string(&event).into_bytes()
+                    };
+                    let record = corral_wire::recordio::encode(&payload);
+                    if sink.tx.try_send(record).is_err() {
+                        // Never held back by a slow executor: it subscribes again.
+                        tracing::warn!(executor = %key.1, "executor too slow; closing its event stream");
+                        let stream = sink.stream;
+                        self.executor_streams.remove(&key);
+                        return Some(Input::Event(Event::ExecutorDisconnected {
+                            framework_id: key.0,
+                            executor_id: key.1,
+                            stream,
+                        }));
+                    }
+                }
+            }
+            Command::CloseExecutorStream { framework_id, executor_id } => {
+                self.executor_streams.remove(&(framework_id, executor_id));
+            }
+            Command::Resize { container_id, resources } => {
+                let cgroup = self.env.cgroups.child(&container_id);
+                let iso = &self.env.isolation;
+                let limits = crate::isolation::Limits::for_task(
+                    resources.scalar("cpus").as_f64(),
+                    resources.scalar("mem").as_f64(),
+                    &iso.limits,
+                );
+                if let Err(e) = crate::isolation::apply(&cgroup, &limits, iso) {
+                    tracing::warn!(container_id, "cannot resize the container: {e}");
+                }
+            }
             Command::Exit { reason } => {
                 tracing::error!(reason, "the master refused this agent; stopping");
                 self.refused.get_or_insert(reason);
@@ -354,6 +400,34 @@ impl Shell {
             }
         }
         None
+    }
+
+    /// A call on the executor API.
+    fn executor_input(&mut self, input: http::ExecutorInput) {
+        use http::ExecutorInput as I;
+        let event = match input {
+            I::Subscribe { framework_id, executor_id, stream, tx, protobuf } => {
+                self.executor_streams.insert(
+                    (framework_id.clone(), executor_id.clone()),
+                    ExecutorSink { stream, tx, protobuf },
+                );
+                Event::ExecutorSubscribed { framework_id, executor_id, stream }
+            }
+            I::Closed { framework_id, executor_id, stream } => {
+                let key = (framework_id.clone(), executor_id.clone());
+                if self.executor_streams.get(&key).is_some_and(|s| s.stream == stream) {
+                    self.executor_streams.remove(&key);
+                }
+                Event::ExecutorDisconnected { framework_id, executor_id, stream }
+            }
+            I::Update { framework_id, executor_id, status } => {
+                Event::ExecutorUpdate { framework_id, executor_id, status: *status }
+            }
+            I::Message { framework_id, executor_id, data } => {
+                Event::ExecutorMessage { framework_id, executor_id, data }
+            }
+        };
+        self.apply(Input::Event(event));
     }
 
     fn connection(&mut self, event: ConnEvent) {
@@ -396,10 +470,13 @@ async fn serve(
     };
     let core: SharedCore = Arc::new(Mutex::new(Core::new(config, Box::new(RandomIds))));
 
+    let (executor_tx, mut executor_rx) = mpsc::unbounded_channel();
     let router = http::router(Arc::new(HttpState {
         core: core.clone(),
         work_dir: setup.env.work_dir.clone(),
         cgroups: setup.env.cgroups.clone(),
+        executors: executor_tx,
+        next_stream: std::sync::atomic::AtomicU64::new(1),
     }));
     let (http_stop, http_stopped) = oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
@@ -429,6 +506,7 @@ async fn serve(
         container_events: container_tx,
         stopping: false,
         refused: None,
+        executor_streams: HashMap::new(),
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let mut drain_until: Option<Instant> = None;
@@ -458,6 +536,7 @@ async fn serve(
             }
             Some(ev) = conn_rx.recv() => shell.connection(ev),
             Some(ev) = container_rx.recv() => shell.apply(Input::Event(ev)),
+            Some(input) = executor_rx.recv() => shell.executor_input(input),
             _ = sleep_until(wake), if wake.is_some() => shell.apply(Input::Timeout),
         }
     }

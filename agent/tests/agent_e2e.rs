@@ -302,6 +302,8 @@ fn task(task_id: &str, command: CommandSpec) -> MasterMessage {
             command,
             kill_grace_period_ns: None,
             group: None,
+            executor: None,
+            data: None,
         },
     })
 }

@@ -27,8 +27,16 @@ pub const PROTOCOL_VERSION: u32 = 3;
 #[rkyv(derive(Debug))]
 pub enum AgentMessage {
     Register(Registration),
-    Pong { seq: u64 },
+    Pong {
+        seq: u64,
+    },
     StatusUpdate(StatusUpdate),
+    /// An executor's MESSAGE for its scheduler.
+    ExecutorMessage {
+        framework_id: String,
+        executor_id: String,
+        data: Vec<u8>,
+    },
 }
 
 /// Master -> agent.
@@ -64,6 +72,17 @@ pub enum MasterMessage {
     /// A RESERVE, UNRESERVE, CREATE or DESTROY the master applied to this agent's resources:
     /// the agent applies it to its checkpointed total (and creates or deletes the volume).
     Convert(Conversion),
+    /// A scheduler's MESSAGE for one of its executors.
+    FrameworkMessage {
+        framework_id: String,
+        executor_id: String,
+        data: Vec<u8>,
+    },
+    /// A scheduler's SHUTDOWN of one of its custom executors.
+    ShutdownExecutor {
+        framework_id: String,
+        executor_id: String,
+    },
 }
 
 /// What an agent says about itself when it (re-)registers.
@@ -178,6 +197,23 @@ pub struct TaskSpec {
     pub kill_grace_period_ns: Option<u64>,
     /// Set for a task launched in a task group (LAUNCH_GROUP).
     pub group: Option<TaskGroupRef>,
+    /// Set for a task run by a custom executor (its `command` is then unused).
+    pub executor: Option<ExecutorSpec>,
+    /// `TaskInfo.data`, for the executor.
+    pub data: Option<Vec<u8>>,
+}
+
+/// A custom executor: a program the agent starts in its own container, which then talks to
+/// the agent's executor API (`/api/v1/executor`) and runs the tasks given to it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct ExecutorSpec {
+    pub executor_id: String,
+    pub name: String,
+    pub command: CommandSpec,
+    pub resources: Resources,
+    /// The framework's `ExecutorInfo.data`, handed back in SUBSCRIBED.
+    pub data: Option<Vec<u8>>,
 }
 
 /// A task group run by the agent's built-in default executor: the group's tasks share the

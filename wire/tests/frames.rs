@@ -43,6 +43,8 @@ fn task_spec() -> impl Strategy<Value = TaskSpec> {
                     command: CommandSpec { shell, value, arguments, environment, user },
                     kill_grace_period_ns: grace,
                     group: None,
+                    executor: None,
+                    data: None,
                 }
             },
         )

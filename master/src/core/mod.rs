@@ -567,6 +567,19 @@ impl Master {
                     a.ping.missed = 0;
                 }
             }
+            AgentMessage::ExecutorMessage { framework_id, executor_id, data } => {
+                let Some(agent) = self.conns.get(&conn).cloned() else { return };
+                let event = Event {
+                    r#type: Some(v1::scheduler::event::Type::Message as i32),
+                    message: Some(v1::scheduler::event::Message {
+                        agent_id: v1::AgentId::from_str(&agent),
+                        executor_id: v1::ExecutorId::from_str(&executor_id),
+                        data,
+                    }),
+                    ..Default::default()
+                };
+                self.send_event(&framework_id, event);
+            }
             AgentMessage::StatusUpdate(update) => {
                 let Some(id) = self.conns.get(&conn).cloned() else {
                     self.commands.push_back(Command::CloseAgent {

@@ -10,7 +10,7 @@ use corral_wire::mesos::v1::scheduler::{Call, Event, call, event};
 use corral_wire::mesos::v1::{self, framework_info::capability::Type as Cap};
 use corral_wire::mesos::{IdExt as _, is_terminal, is_valid_uuid, validate_id, validate_role};
 use corral_wire::proto::{
-    CommandSpec, FrameworkRef, MasterMessage, RunTask, TaskGroupRef, TaskSpec,
+    CommandSpec, ExecutorSpec, FrameworkRef, MasterMessage, RunTask, TaskGroupRef, TaskSpec,
 };
 use corral_wire::resources::Resources;
 
@@ -18,6 +18,26 @@ use super::{
     Command, Executor, Framework, Master, Stream, StreamId, Task, Time, has_capability,
     master_update, update_event,
 };
+
+/// A `CommandInfo` as the agent runs it.
+fn command_spec(cmd: &v1::CommandInfo) -> CommandSpec {
+    CommandSpec {
+        shell: cmd.shell(),
+        value: cmd.value.clone(),
+        arguments: cmd.arguments.clone(),
+        environment: cmd
+            .environment
+            .as_ref()
+            .map(|e| {
+                e.variables
+                    .iter()
+                    .map(|v| (v.name.clone(), v.value.clone().unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        user: cmd.user.clone(),
+    }
+}
 
 /// Default `Filters.refuse_seconds`.
 const DEFAULT_REFUSE: Duration = Duration::from_secs(5);
@@ -365,9 +385,23 @@ impl Master {
                 self.kill(&fid, &k.task_id.value, k.agent_id.map(|a| a.value), k.kill_policy);
             }
             call::Type::Shutdown => {
-                // Command tasks run under an executor whose id is the task id.
                 let s = call.shutdown.unwrap_or_default();
-                self.kill(&fid, &s.executor_id.value, Some(s.agent_id.value), None);
+                let custom = self.frameworks[&fid]
+                    .executors
+                    .get(&s.executor_id.value)
+                    .filter(|e| e.info.command.is_some())
+                    .map(|e| e.agent_id.clone());
+                match custom {
+                    Some(agent) => self.send_agent(
+                        &agent,
+                        MasterMessage::ShutdownExecutor {
+                            framework_id: fid.clone(),
+                            executor_id: s.executor_id.value,
+                        },
+                    ),
+                    // Command tasks run under an executor whose id is the task id.
+                    None => self.kill(&fid, &s.executor_id.value, Some(s.agent_id.value), None),
+                }
             }
             call::Type::Acknowledge => {
                 let a = call.acknowledge.unwrap_or_default();
@@ -389,13 +423,31 @@ impl Master {
                 let r = call.reconcile_operations.unwrap_or_default();
                 self.reconcile_operations(&fid, r);
             }
-            call::Type::Message
-            | call::Type::Request
+            call::Type::Message => {
+                // To the executor through its agent; Mesos drops a message for an executor it
+                // does not know, silently.
+                let msg = call.message.unwrap_or_default();
+                let agent = msg.agent_id.value;
+                if self.agents.get(&agent).is_some_and(|a| a.tasks.iter().any(|(f, _)| *f == fid)) {
+                    self.send_agent(
+                        &agent,
+                        MasterMessage::FrameworkMessage {
+                            framework_id: fid.clone(),
+                            executor_id: msg.executor_id.value,
+                            data: msg.data,
+                        },
+                    );
+                } else {
+                    tracing::debug!(framework = %fid, %agent, "MESSAGE for an agent without the framework's executors; dropped");
+                }
+            }
+            call::Type::Request
             | call::Type::AcceptInverseOffers
             | call::Type::DeclineInverseOffers
             | call::Type::AcknowledgeOperationStatus => {
-                // Accepted and ignored: there are no custom executors, inverse offers or
-                // offer operations with feedback yet.
+                // Accepted without effect, as in Mesos: REQUEST is ignored by its allocator,
+                // inverse offers exist only with maintenance schedules, and operation
+                // statuses from the master carry no uuid to acknowledge.
                 tracing::debug!(framework = %fid, call = ?t, "call accepted without effect");
             }
             call::Type::Subscribe | call::Type::Unknown => return Err(CallError::NotImplemented),
@@ -595,7 +647,20 @@ impl Master {
         task: v1::TaskInfo,
         remaining: &mut Resources,
     ) {
-        let resources = match self.validate_task(fid, agent, &task, remaining) {
+        let validated = self.validate_task(fid, agent, &task, remaining).and_then(|r| {
+            let charge = match &task.executor {
+                Some(e) => self.executor_charge(fid, agent, e)?,
+                None => Resources::new(),
+            };
+            let all = r.plus(&charge);
+            if !remaining.contains(&all) {
+                return Err(format!(
+                    "Total resources {all} required by task and its executor is more than available {remaining}"
+                ));
+            }
+            Ok((r, charge))
+        });
+        let (resources, charge) = match validated {
             Ok(r) => r,
             Err(msg) => {
                 let status = self.task_error(&task, v1::task_status::Reason::TaskInvalid, &msg);
@@ -604,7 +669,43 @@ impl Master {
             }
         };
         remaining.subtract(&resources);
+        remaining.subtract(&charge);
+        if let Some(e) = &task.executor {
+            let fw = self.frameworks.get_mut(fid).expect("caller checked");
+            let mut info = e.clone();
+            info.framework_id = Some(v1::FrameworkId::from_str(fid));
+            fw.executors
+                .entry(e.executor_id.value.clone())
+                .or_insert_with(|| Executor {
+                    agent_id: agent.to_string(),
+                    info,
+                    role: role.to_string(),
+                    resources: charge,
+                    tasks: BTreeSet::new(),
+                })
+                .tasks
+                .insert(task.task_id.value.clone());
+        }
         self.start_task(fid, agent, role, task, resources, None);
+    }
+
+    /// What a custom executor is charged: its resources when it does not run yet, nothing
+    /// when it does (on this agent).
+    fn executor_charge(
+        &self,
+        fid: &str,
+        agent: &str,
+        e: &v1::ExecutorInfo,
+    ) -> Result<Resources, String> {
+        let eid = &e.executor_id.value;
+        match self.frameworks[fid].executors.get(eid) {
+            Some(x) if x.agent_id != agent => {
+                Err(format!("Executor '{eid}' already runs on agent {}", x.agent_id))
+            }
+            Some(_) => Ok(Resources::new()),
+            None => Resources::from_mesos(&e.resources)
+                .map_err(|why| format!("Executor uses invalid resources: {why}")),
+        }
     }
 
     /// Records a validated task and sends it to its agent.
@@ -619,33 +720,33 @@ impl Master {
     ) {
         let fw = self.frameworks.get_mut(fid).expect("caller checked");
         let cmd = task.command.clone().unwrap_or_default();
-        let executor_id = group.as_ref().map(|g| g.executor_id.clone());
+        let executor_id = group
+            .as_ref()
+            .map(|g| g.executor_id.clone())
+            .or_else(|| task.executor.as_ref().map(|e| e.executor_id.value.clone()));
+        let executor = task.executor.as_ref().map(|e| {
+            let c = e.command.clone().unwrap_or_default();
+            ExecutorSpec {
+                executor_id: e.executor_id.value.clone(),
+                name: e.name.clone().unwrap_or_default(),
+                command: command_spec(&c),
+                resources: Resources::from_mesos(&e.resources).unwrap_or_default(),
+                data: e.data.clone(),
+            }
+        });
         let spec = TaskSpec {
             task_id: task.task_id.value.clone(),
             name: task.name.clone(),
             resources: resources.clone(),
-            command: CommandSpec {
-                shell: cmd.shell(),
-                value: cmd.value.clone(),
-                arguments: cmd.arguments.clone(),
-                environment: cmd
-                    .environment
-                    .as_ref()
-                    .map(|e| {
-                        e.variables
-                            .iter()
-                            .map(|v| (v.name.clone(), v.value.clone().unwrap_or_default()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                user: cmd.user.clone(),
-            },
+            command: command_spec(&cmd),
             kill_grace_period_ns: task
                 .kill_policy
                 .as_ref()
                 .and_then(|k| k.grace_period.as_ref())
                 .map(|d| d.nanoseconds.max(0) as u64),
             group,
+            executor,
+            data: task.data.clone(),
         };
         let run = RunTask {
             framework: FrameworkRef {
@@ -834,8 +935,24 @@ impl Master {
                     .into(),
             );
         }
-        if task.executor.is_some() {
-            return Err("Custom executors are not supported yet: use a CommandInfo".into());
+        if let Some(e) = &task.executor {
+            use v1::executor_info::Type;
+            if e.r#type.and_then(|t| Type::try_from(t).ok()) == Some(Type::Default) {
+                return Err("The DEFAULT executor runs task groups only (LAUNCH_GROUP)".into());
+            }
+            let eid = &e.executor_id.value;
+            validate_id(eid).map_err(|why| format!("Executor ID '{eid}' is invalid: {why}"))?;
+            if let Some(f) = &e.framework_id
+                && f.value != fid
+            {
+                return Err(format!(
+                    "ExecutorInfo has an invalid FrameworkID (Actual: {} vs Expected: {fid})",
+                    f.value
+                ));
+            }
+            if e.command.as_ref().and_then(|c| c.value.as_ref()).is_none() {
+                return Err(format!("Executor '{eid}' has no command to run"));
+            }
         }
         if let Some(cmd) = &task.command {
             if cmd.shell() && cmd.value.is_none() {

@@ -36,6 +36,11 @@ pub mod v1 {
         include!(concat!(env!("OUT_DIR"), "/mesos.v1.maintenance.rs"));
     }
 
+    /// `mesos.v1.executor`: the executor HTTP API's `Call` and `Event`.
+    pub mod executor {
+        include!(concat!(env!("OUT_DIR"), "/mesos.v1.executor.rs"));
+    }
+
     /// `mesos.v1.allocator`: inverse offer statuses.
     pub mod allocator {
         include!(concat!(env!("OUT_DIR"), "/mesos.v1.allocator.rs"));
