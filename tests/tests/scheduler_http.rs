@@ -200,3 +200,54 @@ fn read_only_endpoints() {
     assert_eq!(r.status, 307);
     assert_eq!(r.header("location"), Some(format!("//127.0.0.1:{}", m.port).as_str()));
 }
+
+/// The same SUBSCRIBE in protobuf: a protobuf stream (Content-Type as asked), SUBSCRIBED and
+/// HEARTBEAT as RecordIO records of `mesos.v1.scheduler.Event`, the SUBSCRIBED equal to the
+/// JSON one but for the framework id; calls in protobuf get 202.
+#[test]
+fn subscribe_and_calls_in_protobuf() {
+    use corral_tests::rawhttp::request_bytes;
+    use corral_wire::mesos::json;
+    use corral_wire::mesos::v1::scheduler::{Call, Event, call, event};
+    use prost::Message as _;
+    let m = master();
+    let sub: Call = json::from_slice(SUBSCRIBE.as_bytes()).unwrap();
+    let pb = [("Content-Type", "application/x-protobuf"), ("Accept", "application/x-protobuf")];
+    let mut r = request_bytes(m.port, "POST", "/api/v1/scheduler", &pb, &sub.encode_to_vec());
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/x-protobuf"));
+    let stream_id = r.header("mesos-stream-id").unwrap().to_string();
+    let (records, _) = r.records(2);
+    let first = Event::decode(&records[0][..]).unwrap();
+    assert_eq!(first.r#type(), event::Type::Subscribed);
+    assert_eq!(Event::decode(&records[1][..]).unwrap().r#type(), event::Type::Heartbeat);
+    let fid = first.subscribed.as_ref().unwrap().framework_id.value.clone();
+    // The JSON stream's SUBSCRIBED says the same.
+    let mut j = request(
+        m.port,
+        "POST",
+        "/api/v1/scheduler",
+        &[("Content-Type", "application/json")],
+        SUBSCRIBE,
+    );
+    let (jrec, _) = j.records(1);
+    let jfirst: Event = json::from_slice(&jrec[0]).unwrap();
+    let mut a = first.clone();
+    let mut b = jfirst;
+    a.subscribed.as_mut().unwrap().framework_id.value.clear();
+    b.subscribed.as_mut().unwrap().framework_id.value.clear();
+    assert_eq!(a, b);
+    // A protobuf REVIVE: 202, empty.
+    let revive = Call {
+        framework_id: Some(corral_wire::mesos::v1::FrameworkId { value: fid }),
+        r#type: Some(call::Type::Revive as i32),
+        ..Default::default()
+    };
+    let headers =
+        [("Content-Type", "application/x-protobuf"), ("Mesos-Stream-Id", stream_id.as_str())];
+    let r = request_bytes(m.port, "POST", "/api/v1/scheduler", &headers, &revive.encode_to_vec());
+    assert_eq!(r.status, 202);
+    // Garbage protobuf: Mesos' text.
+    let r = request_bytes(m.port, "POST", "/api/v1/scheduler", &headers, &[0xff, 0xff, 0xff]);
+    assert_eq!((r.status, r.body().as_str()), (400, "Failed to parse body into Call protobuf"));
+}
