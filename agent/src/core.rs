@@ -1535,16 +1535,14 @@ mod tests {
         assert!(h.handle(Event::Launched { container_id: "unknown".into() }).is_empty());
     }
 
-    #[test]
-    fn a_task_group_shares_one_executor_run_and_goes_down_together() {
-        let mut h = Harness::new();
-        h.register();
+    /// Runs `ids` as one task group under executor `eid`; returns their launches.
+    fn launch_group(h: &mut Harness, eid: &str, ids: &[&str]) -> Vec<Launch> {
         let group = corral_wire::proto::TaskGroupRef {
-            executor_id: "e1".into(),
-            task_ids: vec!["a".into(), "b".into()],
+            executor_id: eid.into(),
+            task_ids: ids.iter().map(|s| s.to_string()).collect(),
         };
         let mut launches = Vec::new();
-        for id in ["a", "b"] {
+        for id in ids {
             let mut run = run_task("fw", id);
             run.task.group = Some(group.clone());
             match &h.master(MasterMessage::RunTask(run))[..] {
@@ -1552,6 +1550,14 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        launches
+    }
+
+    #[test]
+    fn a_task_group_shares_one_executor_run_and_goes_down_together() {
+        let mut h = Harness::new();
+        h.register();
+        let launches = launch_group(&mut h, "e1", &["a", "b"]);
         assert!(launches[0].executor_container.is_some());
         assert_eq!(
             launches[0].executor_container, launches[1].executor_container,
@@ -1572,18 +1578,7 @@ mod tests {
             "{cmds:?}"
         );
         // A group whose task finishes well leaves its siblings alone.
-        let group2 = corral_wire::proto::TaskGroupRef {
-            executor_id: "e2".into(),
-            task_ids: vec!["c".into(), "d".into()],
-        };
-        let mut ls = Vec::new();
-        for id in ["c", "d"] {
-            let mut run = run_task("fw", id);
-            run.task.group = Some(group2.clone());
-            if let [Command::Launch(l)] = &h.master(MasterMessage::RunTask(run))[..] {
-                ls.push(l.clone());
-            }
-        }
+        let ls = launch_group(&mut h, "e2", &["c", "d"]);
         assert_ne!(ls[0].executor_container, launches[0].executor_container);
         let cmds = h.handle(Event::Exited {
             container_id: ls[0].container_id.clone(),

@@ -311,42 +311,25 @@ impl Master {
         use response::Type as R;
         let t = c.r#type.and_then(|t| T::try_from(t).ok()).unwrap_or(T::Unknown);
         let body = |r: op::Response| Result::Ok(Body(Box::new(r)));
+        // A GET answered by the view of the same name, in the response member of that name.
+        macro_rules! view {
+            ($name:ident, $variant:ident) => {{
+                let v = self.$name();
+                body(response(R::$variant, |r| r.$name = Some(v)))
+            }};
+        }
         match t {
-            T::GetState => {
-                let s = self.get_state();
-                body(response(R::GetState, |r| r.get_state = Some(s)))
-            }
-            T::GetAgents => {
-                let s = self.get_agents();
-                body(response(R::GetAgents, |r| r.get_agents = Some(s)))
-            }
-            T::GetFrameworks => {
-                let s = self.get_frameworks();
-                body(response(R::GetFrameworks, |r| r.get_frameworks = Some(s)))
-            }
-            T::GetExecutors => {
-                let s = self.get_executors();
-                body(response(R::GetExecutors, |r| r.get_executors = Some(s)))
-            }
+            T::GetState => view!(get_state, GetState),
+            T::GetAgents => view!(get_agents, GetAgents),
+            T::GetFrameworks => view!(get_frameworks, GetFrameworks),
+            T::GetExecutors => view!(get_executors, GetExecutors),
             T::GetOperations => body(response(R::GetOperations, |r| {
                 r.get_operations = Some(response::GetOperations::default())
             })),
-            T::GetTasks => {
-                let s = self.get_tasks();
-                body(response(R::GetTasks, |r| r.get_tasks = Some(s)))
-            }
-            T::GetRoles => {
-                let s = self.get_roles();
-                body(response(R::GetRoles, |r| r.get_roles = Some(s)))
-            }
-            T::GetWeights => {
-                let s = self.get_weights();
-                body(response(R::GetWeights, |r| r.get_weights = Some(s)))
-            }
-            T::GetMaster => {
-                let s = self.get_master();
-                body(response(R::GetMaster, |r| r.get_master = Some(s)))
-            }
+            T::GetTasks => view!(get_tasks, GetTasks),
+            T::GetRoles => view!(get_roles, GetRoles),
+            T::GetWeights => view!(get_weights, GetWeights),
+            T::GetMaster => view!(get_master, GetMaster),
             T::UpdateWeights => {
                 self.update_weights(c.update_weights.unwrap_or_default().weight_infos)?;
                 Result::Ok(Ok)
@@ -399,10 +382,7 @@ impl Master {
                 Result::Ok(OperatorResponse::Accepted)
             }
             T::GrowVolume | T::ShrinkVolume => Err(CallError::NotImplemented),
-            T::GetQuota => {
-                let s = self.get_quota();
-                body(response(R::GetQuota, |r| r.get_quota = Some(s)))
-            }
+            T::GetQuota => view!(get_quota, GetQuota),
             T::UpdateQuota => {
                 let u = c.update_quota.unwrap_or_default();
                 self.update_quota(u.force.unwrap_or(false), u.quota_configs)?;

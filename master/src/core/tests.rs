@@ -657,14 +657,12 @@ fn kill_and_reconcile() {
     assert_eq!(ups[0].source(), v1::task_status::Source::Master);
 }
 
-#[test]
-fn reregistration_keeps_reported_tasks_and_their_resources() {
-    let (mut m, agent, fid) = one_running_task();
-    m.agent_disconnected(t(2), 1);
-    assert_eq!(m.agents()[&agent].state, AgentState::Disconnected);
-    let mut reg = registration(Some(&agent), "cpus:1;mem:128");
+/// A re-registration of `agent` (cpus:1;mem:128) reporting `fid`'s task `t1` (cpus:0.5;mem:64)
+/// as running.
+fn reregistration_with_t1(agent: &str, fid: &str) -> Registration {
+    let mut reg = registration(Some(agent), "cpus:1;mem:128");
     reg.tasks = vec![TaskReport {
-        framework_id: fid.clone(),
+        framework_id: fid.to_string(),
         task: TaskSpec {
             task_id: "t1".into(),
             resources: Resources::parse("cpus:0.5;mem:64").unwrap(),
@@ -672,6 +670,15 @@ fn reregistration_keeps_reported_tasks_and_their_resources() {
         },
         state: TaskState::TaskRunning as i32,
     }];
+    reg
+}
+
+#[test]
+fn reregistration_keeps_reported_tasks_and_their_resources() {
+    let (mut m, agent, fid) = one_running_task();
+    m.agent_disconnected(t(2), 1);
+    assert_eq!(m.agents()[&agent].state, AgentState::Disconnected);
+    let reg = reregistration_with_t1(&agent, &fid);
     m.agent_message(t(2.5), 2, AgentMessage::Register(reg));
     let cmds = drain(&mut m);
     assert!(
@@ -1577,16 +1584,7 @@ fn after_a_restart_reconciliation_waits_for_the_registry_agents() {
     m2.agent_message(t(13), 3, AgentMessage::Register(registration(Some(&gone), "cpus:1;mem:128")));
     assert!(matches!(&to_agent(&drain(&mut m2), 3)[..], [MasterMessage::Refused { .. }]));
     // The agent comes back with its task: RUNNING, and still deactivated.
-    let mut reg = registration(Some(&agent), "cpus:1;mem:128");
-    reg.tasks = vec![TaskReport {
-        framework_id: fid.clone(),
-        task: TaskSpec {
-            task_id: "t1".into(),
-            resources: Resources::parse("cpus:0.5;mem:64").unwrap(),
-            ..Default::default()
-        },
-        state: TaskState::TaskRunning as i32,
-    }];
+    let reg = reregistration_with_t1(&agent, &fid);
     m2.agent_message(t(14), 4, AgentMessage::Register(reg));
     drain(&mut m2);
     assert!(!m2.recovering());
