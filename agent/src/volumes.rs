@@ -118,17 +118,17 @@ mod tests {
         r.insert(
             Key {
                 name: "disk".into(),
-                reservation: Some(Reservation {
+                reservation: Some(Box::new(Reservation {
                     role: "eng".into(),
                     dynamic: true,
                     principal: None,
-                }),
-                volume: Some(Volume {
+                })),
+                volume: Some(Box::new(Volume {
                     id: id.into(),
                     principal: None,
                     container_path: "data".into(),
                     read_only: false,
-                }),
+                })),
             },
             Value::Scalar(corral_wire::resources::Scalar(64_000)),
         );

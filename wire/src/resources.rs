@@ -212,9 +212,10 @@ pub struct Volume {
 #[rkyv(derive(Debug))]
 pub struct Key {
     pub name: String,
-    /// `None`: unreserved (`*`).
-    pub reservation: Option<Reservation>,
-    pub volume: Option<Volume>,
+    /// `None`: unreserved (`*`). Boxed, as `volume`: most keys have neither, and keys are
+    /// copied on every allocation.
+    pub reservation: Option<Box<Reservation>>,
+    pub volume: Option<Box<Volume>>,
 }
 
 impl Key {
@@ -293,12 +294,18 @@ impl Resources {
         self.find(key).ok().map(|i| &self.0[i].1)
     }
 
+    /// The entries named `name` (adjacent: keys sort by name first).
+    fn named(&self, name: &str) -> &[(Key, Value)] {
+        let start = self.0.partition_point(|(k, _)| k.name.as_str() < name);
+        let len = self.0[start..].iter().take_while(|(k, _)| k.name == name).count();
+        &self.0[start..start + len]
+    }
+
     /// A scalar's total by name, across reservations and volumes.
     pub fn scalar(&self, name: &str) -> Scalar {
         Scalar(
-            self.0
+            self.named(name)
                 .iter()
-                .filter(|(k, _)| k.name == name)
                 .map(|(_, v)| if let Value::Scalar(s) = v { s.0 } else { 0 })
                 .sum(),
         )
@@ -402,25 +409,36 @@ impl Resources {
     /// Aggregates across agents (a framework's or role's total, the cluster's) keep just
     /// these: ranges such as ports are per agent and do not add up across agents.
     pub fn scalars_only(&self) -> Resources {
-        let mut out = Resources::new();
-        for (k, v) in &self.0 {
-            if let Value::Scalar(_) = v {
-                out.add_one(&Key::unreserved(&k.name), v);
-            }
-        }
-        out
+        // Unreserved keys of distinct names, pushed in name order: already sorted.
+        Resources(
+            self.scalars()
+                .map(|(n, v)| (Key::unreserved(n), Value::Scalar(v)))
+                .filter(|(_, v)| !is_empty_value(v))
+                .collect(),
+        )
     }
 
-    /// The scalar totals by name (what DRF shares are computed over).
+    /// The scalar totals by name (what DRF shares are computed over), without allocating.
     pub fn scalars(&self) -> impl Iterator<Item = (&str, Scalar)> {
-        let mut names: Vec<&str> = self
-            .0
-            .iter()
-            .filter(|(_, v)| matches!(v, Value::Scalar(_)))
-            .map(|(k, _)| k.name.as_str())
-            .collect();
-        names.dedup();
-        names.into_iter().map(|n| (n, self.scalar(n)))
+        let mut i = 0;
+        std::iter::from_fn(move || {
+            while i < self.0.len() {
+                let name = self.0[i].0.name.as_str();
+                let mut sum = 0;
+                let mut scalar = false;
+                while i < self.0.len() && self.0[i].0.name == name {
+                    if let Value::Scalar(s) = &self.0[i].1 {
+                        sum += s.0;
+                        scalar = true;
+                    }
+                    i += 1;
+                }
+                if scalar {
+                    return Some((name, Scalar(sum)));
+                }
+            }
+            None
+        })
     }
 
     /// What `keep` selects.
@@ -450,7 +468,7 @@ impl Resources {
 
     /// The persistent volumes, each with its size.
     pub fn volumes(&self) -> impl Iterator<Item = (&Key, &Volume)> {
-        self.0.iter().filter_map(|(k, _)| k.volume.as_ref().map(|v| (k, v)))
+        self.0.iter().filter_map(|(k, _)| k.volume.as_deref().map(|v| (k, v)))
     }
 
     /// Converts Mesos `Resource` messages: reservations (the refined `reservations` stack,
@@ -643,7 +661,11 @@ impl Resources {
                 None | Some("*") => None,
                 Some(role) => {
                     crate::mesos::validate_role(role).map_err(|e| err(&e))?;
-                    Some(Reservation { role: role.to_string(), dynamic: false, principal: None })
+                    Some(Box::new(Reservation {
+                        role: role.to_string(),
+                        dynamic: false,
+                        principal: None,
+                    }))
                 }
             };
             let v = match parse_value(value).map_err(|why| err(&why))? {
@@ -789,7 +811,7 @@ fn key_from_mesos(r: &pb::Resource) -> Result<Key, ResourceError> {
             Some(pb::resource::reservation_info::Type::Dynamic) => true,
             _ => return invalid("a reservation's type must be STATIC or DYNAMIC"),
         };
-        Some(Reservation { role, dynamic, principal: last.principal.clone() })
+        Some(Box::new(Reservation { role, dynamic, principal: last.principal.clone() }))
     } else {
         match r.role.as_deref() {
             None | Some("*") => {
@@ -798,11 +820,11 @@ fn key_from_mesos(r: &pb::Resource) -> Result<Key, ResourceError> {
                 }
                 None
             }
-            Some(role) => Some(Reservation {
+            Some(role) => Some(Box::new(Reservation {
                 role: role.to_string(),
                 dynamic: r.reservation.is_some(),
                 principal: r.reservation.as_ref().and_then(|i| i.principal.clone()),
-            }),
+            })),
         }
     };
     if let Some(res) = &reservation {
@@ -833,12 +855,12 @@ fn key_from_mesos(r: &pb::Resource) -> Result<Key, ResourceError> {
                             "a volume's container_path must be a relative path without '.' or '..'",
                         );
                     }
-                    Some(Volume {
+                    Some(Box::new(Volume {
                         id: p.id.clone(),
                         principal: p.principal.clone(),
                         container_path: path.clone(),
                         read_only: v.mode == pb::volume::Mode::Ro as i32,
-                    })
+                    }))
                 }
                 (Some(_), None) => return invalid("a persistent volume needs 'disk.volume'"),
                 (None, Some(_)) => return invalid("'disk.volume' needs 'disk.persistence'"),
@@ -971,11 +993,11 @@ mod tests {
         r.insert(
             Key {
                 name: name.into(),
-                reservation: Some(Reservation {
+                reservation: Some(Box::new(Reservation {
                     role: role.into(),
                     dynamic: true,
                     principal: Some("p".into()),
-                }),
+                })),
                 volume: None,
             },
             Value::Scalar(Scalar::from_f64(v)),
@@ -988,17 +1010,17 @@ mod tests {
         r.insert(
             Key {
                 name: "disk".into(),
-                reservation: Some(Reservation {
+                reservation: Some(Box::new(Reservation {
                     role: role.into(),
                     dynamic: true,
                     principal: Some("p".into()),
-                }),
-                volume: Some(Volume {
+                })),
+                volume: Some(Box::new(Volume {
                     id: id.into(),
                     principal: None,
                     container_path: "data".into(),
                     read_only: false,
-                }),
+                })),
             },
             Value::Scalar(Scalar::from_f64(mb)),
         );

@@ -17,6 +17,7 @@
 //! Invariants (checked by [`Allocator::check_invariants`] in tests): an agent's allocation
 //! never exceeds its total; per-agent, per-framework and per-role sums agree.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -554,8 +555,10 @@ impl Allocator {
 
     /// Whether `r` is worth offering: its quantities (reserved or not) cover one minimum.
     fn allocatable(&self, r: &Resources) -> bool {
-        let quantities = r.scalars_only();
-        self.config.min_allocatable.iter().any(|min| quantities.contains(min))
+        self.config
+            .min_allocatable
+            .iter()
+            .any(|min| min.scalars().all(|(name, want)| r.scalar(name) >= want))
     }
 
     /// Dominant share of `alloc` in the cluster.
@@ -585,11 +588,19 @@ impl Allocator {
             // One agent can go to several roles: what is reserved for one role is offered
             // only to it, and what the first pick leaves (others' reservations, quota cuts)
             // goes on.
-            while let Some(agent) = self.agents.get(&agent_id).filter(|a| a.active) {
-                let available = agent.total.minus(&agent.allocated);
-                let Some((fw, role, offer)) = self.pick(&agent_id, &available, free.as_ref())
-                else {
+            let Some(agent) = self.agents.get(&agent_id).filter(|a| a.active) else { continue };
+            let mut available = agent.total.minus(&agent.allocated);
+            while self.allocatable(&available) {
+                let Some((fw, role, cut)) = self.pick(&agent_id, &available, free.as_ref()) else {
                     break;
+                };
+                // `None`: all of it (the common case, without a copy).
+                let offer = match cut {
+                    None => std::mem::take(&mut available),
+                    Some(part) => {
+                        available.subtract(&part);
+                        part
+                    }
                 };
                 self.allocate_to(&fw, &agent_id, &role, &offer);
                 if let Some(free) = free.as_mut() {
@@ -607,13 +618,14 @@ impl Allocator {
     }
 
     /// The (framework, role) that gets what it may be offered of `available` on `agent`
-    /// (unreserved and reserved for the role), by two-level DRF.
+    /// (unreserved and reserved for the role, within the role's quota), by two-level DRF;
+    /// with that part of `available`, or `None` for all of it.
     fn pick(
         &self,
         agent: &str,
         available: &Resources,
         free: Option<&Resources>,
-    ) -> Option<(String, String, Resources)> {
+    ) -> Option<(String, String, Option<Resources>)> {
         // Roles below their guarantee first (Mesos' quota stage), then by weighted share.
         let mut roles: Vec<(bool, f64, &String)> = self
             .roles
@@ -626,8 +638,18 @@ impl Allocator {
         roles.sort_by(|a, b| {
             a.0.cmp(&b.0).then_with(|| a.1.total_cmp(&b.1)).then_with(|| a.2.cmp(b.2))
         });
+        // The common case (nothing reserved, no quota) offers `available` as it is, without a
+        // copy per role.
+        let any_reserved = available.iter().any(|(k, _)| k.reservation.is_some());
         for (_, _, role) in roles {
-            let offerable = self.fit_quota(role, available.offerable_to(role), free);
+            let mut offerable = if any_reserved {
+                Cow::Owned(available.offerable_to(role))
+            } else {
+                Cow::Borrowed(available)
+            };
+            if free.is_some() || self.quotas.contains_key(role.as_str()) {
+                offerable = Cow::Owned(self.fit_quota(role, offerable.into_owned(), free));
+            }
             if !self.allocatable(&offerable) {
                 continue;
             }
@@ -650,7 +672,11 @@ impl Allocator {
                 .collect();
             fws.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
             if let Some((_, fw)) = fws.first() {
-                return Some(((*fw).clone(), role.clone(), offerable));
+                let part = match offerable {
+                    Cow::Borrowed(_) => None,
+                    Cow::Owned(r) => Some(r),
+                };
+                return Some(((*fw).clone(), role.clone(), part));
             }
         }
         None

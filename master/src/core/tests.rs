@@ -1076,7 +1076,11 @@ fn dyn_reserved(name: &str, role: &str, v: f64) -> Resources {
     r.insert(
         Key {
             name: name.into(),
-            reservation: Some(Reservation { role: role.into(), dynamic: true, principal: None }),
+            reservation: Some(Box::new(Reservation {
+                role: role.into(),
+                dynamic: true,
+                principal: None,
+            })),
             volume: None,
         },
         Val::Scalar(Sc::from_f64(v)),
@@ -1089,13 +1093,17 @@ fn volume_res(role: &str, id: &str, mb: f64) -> Resources {
     r.insert(
         Key {
             name: "disk".into(),
-            reservation: Some(Reservation { role: role.into(), dynamic: true, principal: None }),
-            volume: Some(Volume {
+            reservation: Some(Box::new(Reservation {
+                role: role.into(),
+                dynamic: true,
+                principal: None,
+            })),
+            volume: Some(Box::new(Volume {
                 id: id.into(),
                 principal: None,
                 container_path: "data".into(),
                 read_only: false,
-            }),
+            })),
         },
         Val::Scalar(Sc::from_f64(mb)),
     );
