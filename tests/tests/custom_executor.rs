@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use corral_tests::{Cluster, ClusterOptions, block_on, require_agent_host};
 use corral_tools::client::Scheduler;
 use corral_wire::mesos::IdExt as _;
@@ -69,8 +70,13 @@ fn a_custom_executor_runs_tasks_and_talks_both_ways() {
         r#type: Some(v1::executor_info::Type::Custom as i32),
         executor_id: v1::ExecutorId::from_str("py-exec"),
         name: Some("python executor".into()),
+        // The script travels in the command: a task's /tmp is its own, so a checkout under
+        // /tmp (as CI's clean clone is) is not visible from inside the executor's container.
         command: Some(v1::CommandInfo {
-            value: Some(format!("exec python3 {}", script.display())),
+            value: Some(format!(
+                "exec python3 -c \"import base64; exec(base64.b64decode('{}'))\"",
+                base64::engine::general_purpose::STANDARD.encode(std::fs::read(&script).unwrap())
+            )),
             ..Default::default()
         }),
         resources: Resources::parse("cpus:0.1;mem:64").unwrap().to_mesos(None),

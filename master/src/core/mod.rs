@@ -140,8 +140,9 @@ pub enum Command {
     CloseStream { stream: StreamId },
     /// Write an operator API event to one operator stream, or (`None`) to every one.
     OperatorEvent { stream: Option<StreamId>, event: v1::master::Event },
-    /// Durably store the registry before performing any later command.
-    Persist(Box<Registry>),
+    /// Durably store the registry ([`Master::take_registry`]) before performing any later
+    /// command.
+    Persist,
 }
 
 /// An agent's connection state.
@@ -419,6 +420,8 @@ pub struct Master {
     recovered_agents: BTreeMap<String, registry::RecoveredAgent>,
     /// The registry as last handed to the shell to persist.
     persisted: Option<Registry>,
+    /// A `Command::Persist` is queued and not yet taken.
+    persist_pending: bool,
     pub metrics: Metrics,
 }
 
@@ -469,6 +472,7 @@ impl Master {
             gone_agents: BTreeSet::new(),
             recovered_agents: BTreeMap::new(),
             persisted: None,
+            persist_pending: false,
             metrics: Metrics::default(),
         }
     }
@@ -696,7 +700,10 @@ impl Master {
             deactivated: previous.as_ref().is_some_and(|p| p.deactivated),
             drain: previous.as_ref().and_then(|p| p.drain.clone()),
         };
-        if let Some((deactivated, drain)) = self.take_recovered(&id) {
+        let recovered = self.take_recovered(&id);
+        // The registry changes only when an agent it does not list is admitted.
+        let admitted = previous.is_none() && recovered.is_none();
+        if let Some((deactivated, drain)) = recovered {
             agent.deactivated = deactivated;
             agent.drain = drain;
         }
@@ -818,8 +825,10 @@ impl Master {
             );
         }
         self.check_drained(&id);
-        // Admitted (or re-admitted) durably before the agent is told.
-        self.persist();
+        // Admitted durably before the agent is told.
+        if admitted {
+            self.persist();
+        }
         tracing::info!(agent = %id, reregister, "agent registered");
         self.commands.push_back(Command::SendAgent {
             conn,

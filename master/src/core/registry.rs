@@ -2,11 +2,12 @@
 //! it admitted, the agents marked gone, operator settings on agents (deactivated, draining),
 //! role weights and quotas — as one versioned document.
 //!
-//! The core owns it: every change that affects it is followed by a
-//! [`Command::Persist`](super::Command::Persist) carrying the whole document, queued before
-//! whatever the change makes the master say (a `Registered` to an agent, a 200 to the
-//! operator), and the shell writes it crash-atomically before it performs the commands after
-//! it. At start the shell hands the last document to [`Master::recover`]: agents it lists are
+//! The core owns it: every change that affects it queues a
+//! [`Command::Persist`](super::Command::Persist) (at most one pending at a time, so a burst of
+//! admissions costs one write) before whatever the change makes the master say (a
+//! `Registered` to an agent, a 200 to the operator). The shell answers it by taking
+//! [`Master::take_registry`] — the document as of then, which includes every change queued
+//! so far — and writing it crash-atomically before it performs the commands after it. At start the shell hands the last document to [`Master::recover`]: agents it lists are
 //! *recovered* until they re-register or `agent_reregister_timeout` passes, and while any
 //! are, reconciliation does not answer for tasks it cannot know about (as Mesos). With HA, the
 //! same document goes into the replicated log.
@@ -130,13 +131,25 @@ impl Master {
         }
     }
 
-    /// Queues the registry for the shell to persist before anything queued after it.
+    /// The registry changed: it must be written before anything queued after this. O(1): the
+    /// document is built when the shell takes it.
     pub(super) fn persist(&mut self) {
-        let registry = self.registry();
-        if self.persisted.as_ref() != Some(&registry) {
-            self.persisted = Some(registry.clone());
-            self.commands.push_back(super::Command::Persist(Box::new(registry)));
+        if !self.persist_pending {
+            self.persist_pending = true;
+            self.commands.push_back(super::Command::Persist);
         }
+    }
+
+    /// The document to write for a [`Command::Persist`](super::Command::Persist), or `None`
+    /// when nothing changed since the last one taken.
+    pub fn take_registry(&mut self) -> Option<Registry> {
+        self.persist_pending = false;
+        let registry = self.registry();
+        if self.persisted.as_ref() == Some(&registry) {
+            return None;
+        }
+        self.persisted = Some(registry.clone());
+        Some(registry)
     }
 
     /// Starts from the registry a previous master persisted.

@@ -1510,12 +1510,11 @@ fn an_invalid_task_group_fails_every_task_with_the_group_reason() {
 
 // -- the registry ---------------------------------------------------------------------------------
 
-fn persisted(cmds: &[Command]) -> Vec<Registry> {
+/// Performs the Persist commands among `cmds` as the shell does: the registries written.
+fn persisted(m: &mut Master, cmds: &[Command]) -> Vec<Registry> {
     cmds.iter()
-        .filter_map(|c| match c {
-            Command::Persist(r) => Some((**r).clone()),
-            _ => None,
-        })
+        .filter(|c| matches!(c, Command::Persist))
+        .filter_map(|_| m.take_registry())
         .collect()
 }
 
@@ -1524,19 +1523,30 @@ fn an_agent_is_admitted_durably_before_it_is_told() {
     let mut m = master();
     m.agent_message(t(0), 1, AgentMessage::Register(registration(None, "cpus:1;mem:128")));
     let cmds = drain_keep(&mut m);
-    let persist = cmds.iter().position(|c| matches!(c, Command::Persist(_))).expect("persisted");
+    let persist = cmds.iter().position(|c| matches!(c, Command::Persist)).expect("persisted");
     let told = cmds
         .iter()
         .position(|c| matches!(c, Command::SendAgent { msg: MasterMessage::Registered { .. }, .. }))
         .unwrap();
     assert!(persist < told, "{cmds:?}");
-    let reg = persisted(&cmds).pop().unwrap();
+    let reg = persisted(&mut m, &cmds).pop().unwrap();
     assert_eq!(reg.agents.len(), 1);
     // A ping answered changes nothing durable: no second write.
     let agent = reg.agents.keys().next().unwrap().clone();
     m.agent_disconnected(t(1), 1);
     m.agent_message(t(1), 2, AgentMessage::Register(registration(Some(&agent), "cpus:1;mem:128")));
-    assert!(persisted(&drain_keep(&mut m)).is_empty(), "the same registry is not written twice");
+    let cmds = drain_keep(&mut m);
+    assert!(
+        persisted(&mut m, &cmds).is_empty(),
+        "a known agent re-registering changes nothing durable"
+    );
+    // A burst of admissions queues one write, taken with all of them in it.
+    for conn in 10..15 {
+        m.agent_message(t(2), conn, AgentMessage::Register(registration(None, "cpus:1;mem:128")));
+    }
+    let cmds = drain_keep(&mut m);
+    assert_eq!(cmds.iter().filter(|c| matches!(c, Command::Persist)).count(), 1);
+    assert_eq!(persisted(&mut m, &cmds)[0].agents.len(), 6);
 }
 
 #[test]
@@ -1607,5 +1617,7 @@ fn after_a_restart_reconciliation_waits_for_the_registry_agents() {
     m3.handle_timeout(t(20) + Duration::from_secs(601));
     assert!(!m3.recovering());
     let cmds = drain(&mut m3);
-    assert!(persisted(&cmds).iter().all(|r| !r.agents.contains_key("other-S9")), "{cmds:?}");
+    let written = persisted(&mut m3, &cmds);
+    assert_eq!(written.len(), 1, "{cmds:?}");
+    assert!(!written[0].agents.contains_key("other-S9"));
 }

@@ -375,7 +375,8 @@ impl Actor {
                     self.streams.remove(&stream);
                 }
                 Command::OperatorEvent { stream, event } => self.operator_event(stream, &event),
-                Command::Persist(reg) => {
+                Command::Persist => {
+                    let Some(reg) = self.master.take_registry() else { continue };
                     if let Err(e) = store_registry(&self.work_dir, &reg) {
                         tracing::error!(
                             path = %registry_path(&self.work_dir).display(),
