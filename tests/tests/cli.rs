@@ -316,24 +316,3 @@ fn a_scheduler_written_from_the_reference_launches_and_kills_tasks() {
     let (code, text) = run(&["--cmd", "exit 3"]);
     assert_eq!(code, Some(1), "a failed task is reported as such: {text}");
 }
-
-/// One ACCEPT launching more tasks than any per-message queue holds (the master once dropped
-/// an agent's connection when 1,024 RunTask frames queued up, and lost the rest).
-#[test]
-fn bench_launch_runs_one_accept_of_1500_tasks_without_losing_one() {
-    if !require_agent_host("bench_launch_runs_one_accept_of_1500_tasks_without_losing_one") {
-        return;
-    }
-    let out = Command::new(corral_bin())
-        .args(["bench", "launch", "--launches", "5", "--batch", "1500", "--ballast-mb", "0"])
-        .arg("--no-crun")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("throughput: 1500 tasks (`sleep 300`) in one ACCEPT, all TASK_RUNNING"),
-        "{stdout}"
-    );
-}

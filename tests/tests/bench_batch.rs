@@ -1,0 +1,31 @@
+//! A heavy check in a binary of its own (so its 1,500 tasks do not run beside the CLI tests'
+//! timing-sensitive ones): one ACCEPT launching more tasks than any per-message queue holds,
+//! through `corral bench launch`.
+
+// Tests drive real processes and measure real time; the no-clock rule is for the cores.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+
+use std::process::Command;
+
+use corral_tests::{corral_bin, require_agent_host};
+
+/// One ACCEPT launching more tasks than any per-message queue holds (the master once dropped
+/// an agent's connection when 1,024 RunTask frames queued up, and lost the rest).
+#[test]
+fn bench_launch_runs_one_accept_of_1500_tasks_without_losing_one() {
+    if !require_agent_host("bench_launch_runs_one_accept_of_1500_tasks_without_losing_one") {
+        return;
+    }
+    let out = Command::new(corral_bin())
+        .args(["bench", "launch", "--launches", "5", "--batch", "1500", "--ballast-mb", "0"])
+        .arg("--no-crun")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("throughput: 1500 tasks (`sleep 300`) in one ACCEPT, all TASK_RUNNING"),
+        "{stdout}"
+    );
+}
