@@ -111,28 +111,9 @@ pub fn apply(work_dir: &Path, conv: &Conversion) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use corral_wire::resources::{Key, Reservation, Value, Volume};
 
     fn volume(id: &str) -> Resources {
-        let mut r = Resources::new();
-        r.insert(
-            Key {
-                name: "disk".into(),
-                reservation: Some(Box::new(Reservation {
-                    role: "eng".into(),
-                    dynamic: true,
-                    principal: None,
-                })),
-                volume: Some(Box::new(Volume {
-                    id: id.into(),
-                    principal: None,
-                    container_path: "data".into(),
-                    read_only: false,
-                })),
-            },
-            Value::Scalar(corral_wire::resources::Scalar(64_000)),
-        );
-        r
+        Resources::new().with_volume("eng", None, id, "data", 64.0)
     }
 
     #[test]

@@ -337,6 +337,54 @@ impl Resources {
         self
     }
 
+    /// With `value` of scalar `name` dynamically reserved for `role` (by `principal`).
+    pub fn with_reserved(
+        mut self,
+        name: &str,
+        role: &str,
+        principal: Option<&str>,
+        value: f64,
+    ) -> Resources {
+        let reservation = Reservation {
+            role: role.into(),
+            dynamic: true,
+            principal: principal.map(String::from),
+        };
+        let key = Key { name: name.into(), reservation: Some(Box::new(reservation)), volume: None };
+        self.insert(key, Value::Scalar(Scalar::from_f64(value)));
+        self
+    }
+
+    /// With a read-write persistent volume `id` of `mb` of disk dynamically reserved for
+    /// `role` (by `principal`), seen by tasks at `container_path`.
+    pub fn with_volume(
+        mut self,
+        role: &str,
+        principal: Option<&str>,
+        id: &str,
+        container_path: &str,
+        mb: f64,
+    ) -> Resources {
+        let reservation = Reservation {
+            role: role.into(),
+            dynamic: true,
+            principal: principal.map(String::from),
+        };
+        let volume = Volume {
+            id: id.into(),
+            principal: None,
+            container_path: container_path.into(),
+            read_only: false,
+        };
+        let key = Key {
+            name: "disk".into(),
+            reservation: Some(Box::new(reservation)),
+            volume: Some(Box::new(volume)),
+        };
+        self.insert(key, Value::Scalar(Scalar::from_f64(mb)));
+        self
+    }
+
     /// Whether every resource in `other` is within `self`, key by key.
     pub fn contains(&self, other: &Resources) -> bool {
         other.0.iter().all(|(key, want)| {
@@ -989,42 +1037,11 @@ mod tests {
         assert!(total.contains(&Resources::parse("gpus:0").unwrap()));
     }
     fn reserved(name: &str, role: &str, v: f64) -> Resources {
-        let mut r = Resources::new();
-        r.insert(
-            Key {
-                name: name.into(),
-                reservation: Some(Box::new(Reservation {
-                    role: role.into(),
-                    dynamic: true,
-                    principal: Some("p".into()),
-                })),
-                volume: None,
-            },
-            Value::Scalar(Scalar::from_f64(v)),
-        );
-        r
+        Resources::new().with_reserved(name, role, Some("p"), v)
     }
 
     fn volume(role: &str, id: &str, mb: f64) -> Resources {
-        let mut r = Resources::new();
-        r.insert(
-            Key {
-                name: "disk".into(),
-                reservation: Some(Box::new(Reservation {
-                    role: role.into(),
-                    dynamic: true,
-                    principal: Some("p".into()),
-                })),
-                volume: Some(Box::new(Volume {
-                    id: id.into(),
-                    principal: None,
-                    container_path: "data".into(),
-                    read_only: false,
-                })),
-            },
-            Value::Scalar(Scalar::from_f64(mb)),
-        );
-        r
+        Resources::new().with_volume(role, Some("p"), id, "data", mb)
     }
 
     #[test]

@@ -1064,7 +1064,7 @@ fn weights_are_validated_updated_and_listed() {
 
 // -- reservations and persistent volumes --------------------------------------------------------
 
-use corral_wire::resources::{Conversion, Key, Reservation, Scalar as Sc, Value as Val, Volume};
+use corral_wire::resources::{Conversion, Scalar as Sc};
 
 #[allow(deprecated)]
 fn role_framework(name: &str, role: &str) -> v1::FrameworkInfo {
@@ -1072,42 +1072,11 @@ fn role_framework(name: &str, role: &str) -> v1::FrameworkInfo {
 }
 
 fn dyn_reserved(name: &str, role: &str, v: f64) -> Resources {
-    let mut r = Resources::new();
-    r.insert(
-        Key {
-            name: name.into(),
-            reservation: Some(Box::new(Reservation {
-                role: role.into(),
-                dynamic: true,
-                principal: None,
-            })),
-            volume: None,
-        },
-        Val::Scalar(Sc::from_f64(v)),
-    );
-    r
+    Resources::new().with_reserved(name, role, None, v)
 }
 
 fn volume_res(role: &str, id: &str, mb: f64) -> Resources {
-    let mut r = Resources::new();
-    r.insert(
-        Key {
-            name: "disk".into(),
-            reservation: Some(Box::new(Reservation {
-                role: role.into(),
-                dynamic: true,
-                principal: None,
-            })),
-            volume: Some(Box::new(Volume {
-                id: id.into(),
-                principal: None,
-                container_path: "data".into(),
-                read_only: false,
-            })),
-        },
-        Val::Scalar(Sc::from_f64(mb)),
-    );
-    r
+    Resources::new().with_volume(role, None, id, "data", mb)
 }
 
 fn accept_ops(fid: &str, offer: &v1::Offer, ops: Vec<v1::offer::Operation>) -> Call {
