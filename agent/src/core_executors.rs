@@ -122,8 +122,7 @@ impl Core {
         framework: &FrameworkRef,
     ) {
         let ekey: ExecutorKey = (key.framework_id.clone(), spec.executor_id.clone());
-        let live = self.executors.get(&ekey).is_some_and(|r| r.shutdown_at.is_none());
-        if !live && !self.executors.contains_key(&ekey) {
+        if !self.executors.contains_key(&ekey) {
             self.start_executor(&ekey, spec, framework);
         }
         let Some(run) = self.executors.get_mut(&ekey) else { return };
@@ -220,6 +219,11 @@ impl Core {
         });
     }
 
+    /// Whether the task under `key` still has a process (or an executor running it).
+    fn is_live(&self, key: &TaskKey) -> bool {
+        self.entries.get(key).and_then(|e| e.task.as_ref()).is_some_and(|t| t.phase != Phase::Done)
+    }
+
     /// Whether `(framework, executor)` runs here (the executor API's SUBSCRIBE checks it).
     pub fn executor_known(&self, framework_id: &str, executor_id: &str) -> bool {
         self.executors.contains_key(&(framework_id.to_string(), executor_id.to_string()))
@@ -268,11 +272,7 @@ impl Core {
             .map(|r| std::mem::take(&mut r.pending))
             .unwrap_or_default();
         for key in pending {
-            let live = self
-                .entries
-                .get(&key)
-                .and_then(|e| e.task.as_ref())
-                .is_some_and(|t| t.phase != Phase::Done);
+            let live = self.is_live(&key);
             if let (true, Some(task)) = (live, self.task_info(&key, &run)) {
                 let ev = executor_event(event::Type::Launch, |e| {
                     e.launch = Some(event::Launch { task })
@@ -336,12 +336,7 @@ impl Core {
     /// After an executor task ended: an executor with no live task left is shut down.
     fn executor_task_ended(&mut self, now: Now, ekey: &ExecutorKey) {
         let Some(run) = self.executors.get(ekey) else { return };
-        let live = run.tasks.iter().any(|k| {
-            self.entries
-                .get(k)
-                .and_then(|e| e.task.as_ref())
-                .is_some_and(|t| t.phase != Phase::Done)
-        });
+        let live = run.tasks.iter().any(|k| self.is_live(k));
         if !live {
             self.shutdown_executor(now, ekey);
         } else {
@@ -395,12 +390,7 @@ impl Core {
             if let Some(r) = self.executors.get_mut(&ekey) {
                 r.pending.retain(|k| k != key);
             }
-            if self
-                .entries
-                .get(key)
-                .and_then(|e| e.task.as_ref())
-                .is_some_and(|t| t.phase != Phase::Done)
-            {
+            if self.is_live(key) {
                 self.set_phase(key, Phase::Done);
                 self.push_update(
                     now,
