@@ -95,6 +95,16 @@ pub struct AgentArgs {
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<PathBuf>,
 
+    /// Where per-task usage comes from. `auto`: eBPF programs where the kernel allows them
+    /// (root, BTF), cgroup files otherwise, with the reason in /state. `ebpf`: refuse to
+    /// start without them. `cgroup`: never load eBPF.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub telemetry: crate::telemetry::Mode,
+
+    /// How often every task's usage is sampled (for /metrics and the master).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub telemetry_interval: Duration,
+
     /// Time between SIGTERM and SIGKILL when a task is killed and neither the kill request
     /// nor the task names one (`3s`, `500ms`).
     #[arg(long, default_value = "3s", value_parser = parse_duration, value_name = "DURATION")]

@@ -46,11 +46,10 @@ pub struct HttpState {
     pub core: SharedCore,
     /// Canonical.
     pub work_dir: PathBuf,
-    /// The agent's cgroup: containers are its children, named by container id.
-    pub cgroups: crate::cgroup::Cgroup,
     /// Executor API calls, to the shell's loop.
     pub executors: tokio::sync::mpsc::UnboundedSender<ExecutorInput>,
     pub next_stream: std::sync::atomic::AtomicU64,
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// An executor API call for the shell's loop.
@@ -237,6 +236,7 @@ pub fn router(state: Arc<HttpState>) -> Router {
         .route("/files/read.json", get(files_read))
         .route("/monitor/statistics", get(monitor_statistics))
         .route("/metrics/snapshot", get(metrics_snapshot))
+        .route("/metrics", get(prometheus_metrics))
         .route("/monitor/statistics.json", get(monitor_statistics))
         .route("/files/download", get(files_download))
         .route("/api/v1/executor", axum::routing::any(executor_api))
@@ -244,7 +244,8 @@ pub fn router(state: Arc<HttpState>) -> Router {
 }
 
 async fn state_handler(State(s): State<Arc<HttpState>>) -> Response {
-    let body = state_json(&lock(&s.core), &s.work_dir);
+    let mut body = state_json(&lock(&s.core), &s.work_dir);
+    body["telemetry"] = s.telemetry.report().to_json(s.telemetry.interval());
     axum::Json(body).into_response()
 }
 
@@ -552,93 +553,26 @@ async fn files_browse(State(s): State<Arc<HttpState>>, Query(q): Query<BrowseQue
     }
 }
 
-/// What `/monitor/statistics` reports for one container.
-struct Monitored {
-    framework_id: String,
-    task_id: String,
-    name: String,
-    container_id: String,
-    cpus: f64,
-    mem_mb: f64,
-}
-
 /// `/monitor/statistics`: one entry per running container, Mesos' `ResourceStatistics` field
-/// names, values from the container's cgroup v2 files (fields whose file the host lacks are
-/// left out).
-fn statistics(cgroups: &crate::cgroup::Cgroup, running: &[Monitored], now_secs: f64) -> Value {
-    let entries: Vec<Value> = running
-        .iter()
-        .map(|m| {
-            let cg = cgroups.child(&m.container_id);
-            let mut st = serde_json::Map::new();
-            st.insert("timestamp".into(), json!(now_secs));
-            st.insert("cpus_limit".into(), json!(m.cpus));
-            st.insert("mem_limit_bytes".into(), json!((m.mem_mb * 1024.0 * 1024.0) as u64));
-            if let Ok(text) = cg.read("cpu.stat") {
-                let kv = crate::cgroup::parse_flat_keyed(&text);
-                let get = |k: &str| kv.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
-                let secs = |v: u64| v as f64 / 1e6;
-                for (mesos, file, f) in [
-                    ("cpus_user_time_secs", "user_usec", secs as fn(u64) -> f64),
-                    ("cpus_system_time_secs", "system_usec", secs),
-                    ("cpus_throttled_time_secs", "throttled_usec", secs),
-                    ("cpus_nr_periods", "nr_periods", |v| v as f64),
-                    ("cpus_nr_throttled", "nr_throttled", |v| v as f64),
-                ] {
-                    if let Some(v) = get(file) {
-                        st.insert(mesos.into(), json!(f(v)));
-                    }
-                }
-            }
-            let number = |file: &str| cg.read(file).ok().and_then(|t| t.trim().parse::<u64>().ok());
-            if let Some(v) = number("memory.current") {
-                st.insert("mem_total_bytes".into(), json!(v));
-            }
-            if let Ok(text) = cg.read("memory.stat") {
-                if let Some(v) = crate::cgroup::flat_keyed(&text, "anon") {
-                    st.insert("mem_rss_bytes".into(), json!(v));
-                }
-                if let Some(v) = crate::cgroup::flat_keyed(&text, "file") {
-                    st.insert("mem_file_bytes".into(), json!(v));
-                }
-            }
-            if let Ok(p) = cg.procs() {
-                st.insert("processes".into(), json!(p.len()));
-            }
-            if let Ok(t) = cg.read("cgroup.threads") {
-                st.insert("threads".into(), json!(t.lines().count()));
-            }
-            json!({
-                "framework_id": m.framework_id,
-                "executor_id": m.task_id,
-                "executor_name": m.name,
-                "source": m.task_id,
-                "statistics": Value::Object(st),
-            })
-        })
-        .collect();
-    Value::Array(entries)
+/// names plus Corral's (eBPF counters, the CPU rate), read when asked.
+async fn monitor_statistics(State(s): State<Arc<HttpState>>) -> Response {
+    let telemetry = s.telemetry.clone();
+    match tokio::task::spawn_blocking(move || telemetry.statistics()).await {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => FilesError::Internal(e.to_string()).into_response(),
+    }
 }
 
-async fn monitor_statistics(State(s): State<Arc<HttpState>>) -> Response {
-    let running: Vec<Monitored> = lock(&s.core)
-        .tasks()
-        .filter(|t| !is_terminal(t.state))
-        .filter_map(|t| {
-            Some(Monitored {
-                framework_id: t.framework.id.clone(),
-                task_id: t.spec.task_id.clone(),
-                name: t.spec.name.clone(),
-                container_id: t.container_id.clone()?,
-                cpus: t.spec.resources.scalar("cpus").as_f64(),
-                mem_mb: t.spec.resources.scalar("mem").as_f64(),
-            })
-        })
-        .collect();
-    let cgroups = s.cgroups.clone();
-    let now = crate::clock::now().wall_ns as f64 / 1e9;
-    match tokio::task::spawn_blocking(move || statistics(&cgroups, &running, now)).await {
-        Ok(v) => axum::Json(v).into_response(),
+/// `/metrics`: every task's usage in Prometheus' text format (OpenMetrics), labelled with
+/// `task_id`, `framework_id` and `executor_id` (metric names in the README).
+async fn prometheus_metrics(State(s): State<Arc<HttpState>>) -> Response {
+    let telemetry = s.telemetry.clone();
+    match tokio::task::spawn_blocking(move || telemetry.prometheus()).await {
+        Ok(body) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            body,
+        )
+            .into_response(),
         Err(e) => FilesError::Internal(e.to_string()).into_response(),
     }
 }

@@ -56,6 +56,8 @@ pub struct LaunchEnv {
     pub hostname: String,
     /// The process that forks task inits (see `launcher`); without it the agent spawns them.
     pub forker: Option<crate::launcher::Launcher>,
+    /// Per-container usage: told when a container's cgroup is made and when it goes.
+    pub telemetry: std::sync::Arc<crate::telemetry::Telemetry>,
 }
 
 /// A kill request for a running container.
@@ -104,8 +106,12 @@ async fn monitor(
     let container_id = launch.container_id.clone();
     let cgroup = env.cgroups.child(&container_id);
     let outcome = run_container(&env, &launch, &cgroup, &mut control, &events).await;
-    let cg = cgroup.clone();
-    match tokio::task::spawn_blocking(move || cg.destroy(DESTROY_TIMEOUT)).await {
+    let (cg, telemetry, id) = (cgroup.clone(), env.telemetry.clone(), container_id.clone());
+    let destroyed = tokio::task::spawn_blocking(move || {
+        telemetry.removing(&id);
+        cg.destroy(DESTROY_TIMEOUT)
+    });
+    match destroyed.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(container_id, "cannot clean up the container's cgroup: {e}"),
         Err(e) => tracing::error!(container_id, "cgroup cleanup panicked: {e}"),
@@ -405,6 +411,25 @@ fn prepare(env: &LaunchEnv, launch: &Launch, cgroup: &Cgroup) -> Result<Prepared
     fs::write(&spec_path, json).map_err(|e| fail("write", &spec_path, e))?;
     cgroup.create().map_err(|e| e.to_string())?;
     let resources = &launch.task.resources;
+    let task = &launch.task;
+    env.telemetry.created(
+        &launch.container_id,
+        cgroup,
+        crate::telemetry::Labels {
+            framework_id: launch.framework.id.clone(),
+            task_id: task.task_id.clone(),
+            executor_id: task
+                .group
+                .as_ref()
+                .map(|g| g.executor_id.clone())
+                .or_else(|| task.executor.as_ref().map(|e| e.executor_id.clone())),
+            name: task.name.clone(),
+        },
+        crate::telemetry::Limits {
+            cpus: resources.scalar("cpus").as_f64(),
+            mem_bytes: (resources.scalar("mem").as_f64() * 1048576.0) as u64,
+        },
+    );
     let limits = isolation::Limits::for_task(
         resources.scalar("cpus").as_f64(),
         resources.scalar("mem").as_f64(),

@@ -19,6 +19,9 @@
 //!   is a small process the agent starts once; it forks every init straight into the
 //!   container's cgroup and namespaces, as a child of the agent. Without it the agent starts
 //!   an init itself (`corral __task-init`) without forking its own memory.
+//! - `telemetry` samples every container's usage each second, from the eBPF programs of
+//!   `corral-agent-ebpf` where they load and from cgroup files otherwise, and serves it as
+//!   `/metrics`, `/monitor/statistics` and usage reports to the master.
 //! - `isolation` decides what is enforced (controllers enabled down the agent's subtree, the
 //!   strict or best-effort policy, per-task limits, OOM detection); `cgroup` is the small
 //!   cgroup v2 module (rooted at a configurable cgroup2 mount), `host` detects what the machine
@@ -42,6 +45,7 @@ mod shell;
 mod shim;
 #[allow(unsafe_code)]
 mod sys;
+mod telemetry;
 mod volumes;
 
 pub use args::AgentArgs;

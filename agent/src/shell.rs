@@ -186,6 +186,21 @@ impl Setup {
                 return Err(e.into());
             }
         };
+        let telemetry = match crate::telemetry::Telemetry::start(
+            args.telemetry,
+            &cgroups,
+            crate::telemetry::level_below(&root, cgroups.path()),
+            args.telemetry_interval.max(Duration::from_millis(10)),
+        ) {
+            Ok(t) => Arc::new(t),
+            Err(why) => {
+                let _ = cgroups.remove();
+                return Err(AgentError::Flag {
+                    flag: "telemetry",
+                    why: format!("eBPF telemetry unavailable: {why}"),
+                });
+            }
+        };
         let isolation = IsolationReport {
             policy: iso.policy.as_str().into(),
             cgroup_root: cgroups.path().to_string_lossy().into_owned(),
@@ -196,6 +211,7 @@ impl Setup {
                 Network::Host => "host".into(),
                 Network::Isolated => "isolated".into(),
             },
+            telemetry: telemetry.report().summary(),
         };
         for line in &isolation.not_enforced {
             tracing::warn!("isolation ({}): {line}", iso.policy.as_str());
@@ -246,6 +262,7 @@ impl Setup {
                 isolation: iso,
                 hostname,
                 forker,
+                telemetry,
             }),
             registration,
         })
@@ -386,6 +403,13 @@ impl Shell {
                     resources.scalar("mem").as_f64(),
                     &iso.limits,
                 );
+                self.env.telemetry.resized(
+                    &container_id,
+                    crate::telemetry::Limits {
+                        cpus: resources.scalar("cpus").as_f64(),
+                        mem_bytes: (resources.scalar("mem").as_f64() * 1048576.0) as u64,
+                    },
+                );
                 if let Err(e) = crate::isolation::apply(&cgroup, &limits, iso) {
                     tracing::warn!(container_id, "cannot resize the container: {e}");
                 }
@@ -474,10 +498,14 @@ async fn serve(
     let router = http::router(Arc::new(HttpState {
         core: core.clone(),
         work_dir: setup.env.work_dir.clone(),
-        cgroups: setup.env.cgroups.clone(),
         executors: executor_tx,
         next_stream: std::sync::atomic::AtomicU64::new(1),
+        telemetry: setup.env.telemetry.clone(),
     }));
+    let (usage_tx, mut usage_rx) = mpsc::unbounded_channel();
+    if let Err(e) = crate::telemetry::spawn_sampler(setup.env.telemetry.clone(), usage_tx) {
+        tracing::warn!("cannot start the telemetry sampler: {e}");
+    }
     let (http_stop, http_stopped) = oneshot::channel::<()>();
     let http_task = tokio::spawn(async move {
         use axum::serve::ListenerExt as _;
@@ -537,6 +565,11 @@ async fn serve(
             Some(ev) = conn_rx.recv() => shell.connection(ev),
             Some(ev) = container_rx.recv() => shell.apply(Input::Event(ev)),
             Some(input) = executor_rx.recv() => shell.executor_input(input),
+            Some(usage) = usage_rx.recv() => {
+                if let Some(out) = &shell.out {
+                    let _ = out.send(AgentMessage::Usage(usage));
+                }
+            }
             _ = sleep_until(wake), if wake.is_some() => shell.apply(Input::Timeout),
         }
     }

@@ -232,12 +232,19 @@ impl Session {
         self.send.write_all(&encode_master(&m)).await.expect("send to the agent");
     }
 
+    /// The next message, usage reports skipped (they come every second; the telemetry
+    /// tests check them).
     async fn next(&mut self) -> AgentMessage {
-        tokio::time::timeout(WAIT, self.frames.next_agent(&mut self.recv))
-            .await
-            .expect("the agent sends in time")
-            .expect("a valid frame")
-            .expect("the stream stays open")
+        loop {
+            let m = tokio::time::timeout(WAIT, self.frames.next_agent(&mut self.recv))
+                .await
+                .expect("the agent sends in time")
+                .expect("a valid frame")
+                .expect("the stream stays open");
+            if !matches!(m, AgentMessage::Usage(_)) {
+                return m;
+            }
+        }
     }
 
     /// The next status update (pongs are skipped).

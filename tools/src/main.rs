@@ -7,6 +7,7 @@ mod certs;
 mod dev;
 mod run;
 mod tables;
+mod top;
 
 use std::ffi::OsStr;
 use std::process::ExitCode;
@@ -47,6 +48,9 @@ enum Command {
     Frameworks(tables::TableArgs),
     /// List the cluster's tasks.
     Tasks(tables::TableArgs),
+    /// A live view of the cluster's running tasks and what they use (CPU, memory, run-queue
+    /// latency, network), sortable; `--batch` prints plain tables.
+    Top(top::TopArgs),
     /// Make TLS material for a cluster (CA, master and agent certificates).
     Certs(certs::CertsArgs),
     /// Benchmarks: `corral bench launch` (task launch latency and throughput vs crun).
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
             Command::Agents(args) => tables::agents(args).await,
             Command::Frameworks(args) => tables::frameworks(args).await,
             Command::Tasks(args) => tables::tasks(args).await,
+            Command::Top(args) => top::run(args).await,
             Command::Certs(args) => certs::run(args),
             Command::Bench(args) => bench::run(args).await,
         }

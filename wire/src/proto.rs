@@ -20,7 +20,7 @@ use crate::mesos::v1;
 use crate::resources::{Conversion, Ranges, Resources, Scalar};
 
 /// Bumped on any incompatible change; the master refuses other versions by name.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Agent -> master.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -37,6 +37,111 @@ pub enum AgentMessage {
         executor_id: String,
         data: Vec<u8>,
     },
+    /// The latest usage of the tasks whose counters moved since the last report (about once a
+    /// second). Not retried: a lost report is superseded by the next.
+    Usage(Vec<TaskUsage>),
+}
+
+/// One container's resource usage, as the agent sampled it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct TaskUsage {
+    pub framework_id: String,
+    pub task_id: String,
+    /// The executor, for tasks of a custom or default executor.
+    pub executor_id: Option<String>,
+    /// Seconds since the epoch when it was sampled.
+    pub timestamp: f64,
+    /// Cores used over the last interval.
+    pub cpus_usage: f64,
+    pub cpus_limit: f64,
+    /// Scheduler runtime (eBPF) or `cpu.stat` usage, seconds.
+    pub cpus_total_time_secs: f64,
+    pub cpus_user_time_secs: f64,
+    pub cpus_system_time_secs: f64,
+    pub cpus_throttled_time_secs: Option<f64>,
+    pub cpus_pressure_waiting_secs: Option<f64>,
+    /// `memory.current`, where the memory controller is on.
+    pub mem_total_bytes: Option<u64>,
+    /// Anonymous memory (`memory.stat`), or the processes' resident set summed.
+    pub mem_rss_bytes: Option<u64>,
+    pub mem_file_bytes: Option<u64>,
+    pub mem_limit_bytes: u64,
+    pub processes: u32,
+    pub threads: u32,
+    /// What only the eBPF programs count; `None` when the agent reads cgroup files only.
+    pub ebpf: Option<EbpfUsage>,
+}
+
+/// The eBPF counters of one container (see `agent-ebpf/bpf/telemetry.h`).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct EbpfUsage {
+    pub context_switches: u64,
+    pub involuntary_context_switches: u64,
+    pub runqueue_waits: u64,
+    pub runqueue_wait_secs: f64,
+    pub runqueue_latency_p50_secs: f64,
+    pub runqueue_latency_p99_secs: f64,
+    pub page_faults: u64,
+    pub blk_read_bytes: u64,
+    pub blk_write_bytes: u64,
+    pub blk_read_ops: u64,
+    pub blk_write_ops: u64,
+    pub execs: u64,
+    pub forks: u64,
+    pub threads_created: u64,
+    pub process_exits: u64,
+    pub oom_kills: u64,
+    pub net_rx_bytes: u64,
+    pub net_rx_packets: u64,
+    pub net_tx_bytes: u64,
+    pub net_tx_packets: u64,
+}
+
+impl TaskUsage {
+    /// As Mesos' `ResourceStatistics`, with Corral's extension fields filled.
+    pub fn to_statistics(&self) -> v1::ResourceStatistics {
+        let e = self.ebpf.as_ref();
+        v1::ResourceStatistics {
+            timestamp: self.timestamp,
+            processes: Some(self.processes),
+            threads: Some(self.threads),
+            cpus_user_time_secs: Some(self.cpus_user_time_secs),
+            cpus_system_time_secs: Some(self.cpus_system_time_secs),
+            cpus_limit: Some(self.cpus_limit),
+            cpus_throttled_time_secs: self.cpus_throttled_time_secs,
+            mem_total_bytes: self.mem_total_bytes,
+            mem_limit_bytes: Some(self.mem_limit_bytes),
+            mem_rss_bytes: self.mem_rss_bytes,
+            mem_file_bytes: self.mem_file_bytes,
+            net_rx_bytes: e.map(|e| e.net_rx_bytes),
+            net_rx_packets: e.map(|e| e.net_rx_packets),
+            net_tx_bytes: e.map(|e| e.net_tx_bytes),
+            net_tx_packets: e.map(|e| e.net_tx_packets),
+            telemetry_source: Some(if e.is_some() { "ebpf" } else { "cgroup" }.into()),
+            cpus_usage: Some(self.cpus_usage),
+            cpus_total_time_secs: Some(self.cpus_total_time_secs),
+            cpus_pressure_waiting_secs: self.cpus_pressure_waiting_secs,
+            context_switches: e.map(|e| e.context_switches),
+            involuntary_context_switches: e.map(|e| e.involuntary_context_switches),
+            runqueue_waits: e.map(|e| e.runqueue_waits),
+            runqueue_wait_secs: e.map(|e| e.runqueue_wait_secs),
+            runqueue_latency_p50_secs: e.map(|e| e.runqueue_latency_p50_secs),
+            runqueue_latency_p99_secs: e.map(|e| e.runqueue_latency_p99_secs),
+            page_faults: e.map(|e| e.page_faults),
+            blk_read_bytes: e.map(|e| e.blk_read_bytes),
+            blk_write_bytes: e.map(|e| e.blk_write_bytes),
+            blk_read_ops: e.map(|e| e.blk_read_ops),
+            blk_write_ops: e.map(|e| e.blk_write_ops),
+            execs: e.map(|e| e.execs),
+            forks: e.map(|e| e.forks),
+            threads_created: e.map(|e| e.threads_created),
+            process_exits: e.map(|e| e.process_exits),
+            oom_kills: e.map(|e| e.oom_kills),
+            ..Default::default()
+        }
+    }
 }
 
 /// Master -> agent.
@@ -124,6 +229,8 @@ pub struct IsolationReport {
     pub namespaces: bool,
     /// `host` or `isolated`.
     pub network: String,
+    /// Where per-task usage comes from: `ebpf`, `ebpf (not attached: …)` or `cgroup: <why>`.
+    pub telemetry: String,
 }
 
 impl IsolationReport {
@@ -136,6 +243,7 @@ impl IsolationReport {
             "not_enforced": self.not_enforced,
             "namespaces": self.namespaces,
             "network": self.network,
+            "telemetry": self.telemetry,
         })
     }
 }

@@ -89,10 +89,31 @@ fn status_update() -> impl Strategy<Value = StatusUpdate> {
         )
 }
 
+fn task_usage() -> impl Strategy<Value = TaskUsage> {
+    (text(), text(), proptest::option::of(text()), any::<u64>(), 0.0f64..64.0, any::<bool>())
+        .prop_map(|(framework_id, task_id, executor_id, n, cpu, ebpf)| TaskUsage {
+            framework_id,
+            task_id,
+            executor_id,
+            timestamp: 1.7e9,
+            cpus_usage: cpu,
+            cpus_total_time_secs: cpu * 10.0,
+            mem_rss_bytes: Some(n),
+            processes: (n % 100) as u32,
+            ebpf: ebpf.then(|| EbpfUsage {
+                context_switches: n,
+                forks: n / 2,
+                ..EbpfUsage::default()
+            }),
+            ..TaskUsage::default()
+        })
+}
+
 fn agent_message() -> impl Strategy<Value = AgentMessage> {
     prop_oneof![
         any::<u64>().prop_map(|seq| AgentMessage::Pong { seq }),
         status_update().prop_map(AgentMessage::StatusUpdate),
+        proptest::collection::vec(task_usage(), 0..4).prop_map(AgentMessage::Usage),
         (
             proptest::option::of(text()),
             text(),
@@ -129,6 +150,7 @@ fn agent_message() -> impl Strategy<Value = AgentMessage> {
                         not_enforced,
                         namespaces: true,
                         network: "host".into(),
+                        telemetry: "ebpf".into(),
                     },
                 })
             }),

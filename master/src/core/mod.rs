@@ -249,6 +249,8 @@ pub struct Task {
     pub user: Option<String>,
     /// The task group's executor (LAUNCH_GROUP); command tasks have none.
     pub executor_id: Option<String>,
+    /// The latest usage sample its agent reported.
+    pub usage: Option<Box<corral_wire::proto::TaskUsage>>,
 }
 
 /// A task group's executor: the agent's built-in default executor, holding its own resources
@@ -284,6 +286,7 @@ impl Task {
             kill_policy: info.kill_policy,
             user: self.user.clone(),
             limits: info.limits,
+            statistics: self.usage.as_ref().map(|u| u.to_statistics()),
         }
     }
 }
@@ -584,6 +587,10 @@ impl Master {
                 };
                 self.send_event(&framework_id, event);
             }
+            AgentMessage::Usage(samples) => {
+                let Some(agent) = self.conns.get(&conn).cloned() else { return };
+                self.usage(&agent, samples);
+            }
             AgentMessage::StatusUpdate(update) => {
                 let Some(id) = self.conns.get(&conn).cloned() else {
                     self.commands.push_back(Command::CloseAgent {
@@ -593,6 +600,24 @@ impl Master {
                     return;
                 };
                 self.status_update(&id, update);
+            }
+        }
+    }
+
+    /// Usage samples from `agent`: each replaces its task's previous one. A sample for a task
+    /// that is not on that agent is ignored (one agent cannot speak for another's tasks).
+    fn usage(&mut self, agent: &str, samples: Vec<corral_wire::proto::TaskUsage>) {
+        for u in samples {
+            let Some(fw) = self.frameworks.get_mut(&u.framework_id) else { continue };
+            let task = match fw.tasks.get_mut(&u.task_id) {
+                Some(t) => Some(t),
+                // The last sample of a task that just ended.
+                None => fw.completed_tasks.iter_mut().rev().find(|t| t.id == u.task_id),
+            };
+            if let Some(t) = task
+                && t.agent_id == agent
+            {
+                t.usage = Some(Box::new(u));
             }
         }
     }
@@ -777,6 +802,7 @@ impl Master {
                         container_id: None,
                         user: report.task.command.user.clone(),
                         executor_id: report.task.group.as_ref().map(|g| g.executor_id.clone()),
+                        usage: None,
                     },
                 );
             task.state = state;

@@ -771,6 +771,7 @@ impl Master {
             info: Some(task),
             container_id: None,
             executor_id,
+            usage: None,
         };
         fw.tasks.insert(t.id.clone(), t);
         self.metrics.tasks_launched += 1;

@@ -1590,3 +1590,35 @@ fn after_a_restart_reconciliation_waits_for_the_registry_agents() {
     assert_eq!(written.len(), 1, "{cmds:?}");
     assert!(!written[0].agents.contains_key("other-S9"));
 }
+
+#[test]
+fn usage_reports_land_on_their_agents_tasks_only() {
+    let mut m = master();
+    add_agent(&mut m, t(0), 1, "cpus:1;mem:128");
+    let fid = subscribe(&mut m, t(0), 10, framework_info("fw", &[]));
+    let _ = launch_one(&mut m, &fid, 10, "t1");
+    add_agent(&mut m, t(1), 2, "cpus:1;mem:128");
+    let _ = drain(&mut m);
+    let sample = |cpu: f64| TaskUsage {
+        framework_id: fid.clone(),
+        task_id: "t1".into(),
+        cpus_usage: cpu,
+        ..TaskUsage::default()
+    };
+    let usage = |m: &Master| {
+        m.frameworks[&fid].tasks["t1"].to_mesos().statistics.and_then(|s| s.cpus_usage)
+    };
+    // Another agent cannot speak for t1.
+    m.agent_message(t(2), 2, AgentMessage::Usage(vec![sample(0.7)]));
+    assert_eq!(usage(&m), None);
+    // Its own agent can; the next sample replaces the last.
+    m.agent_message(t(2), 1, AgentMessage::Usage(vec![sample(0.5)]));
+    assert_eq!(usage(&m), Some(0.5));
+    m.agent_message(t(3), 1, AgentMessage::Usage(vec![sample(0.9)]));
+    assert_eq!(usage(&m), Some(0.9));
+    // Unknown frameworks and tasks are ignored.
+    let mut stray = sample(0.1);
+    stray.task_id = "nope".into();
+    m.agent_message(t(3), 1, AgentMessage::Usage(vec![stray]));
+    assert!(drain(&mut m).is_empty(), "usage reports make no commands");
+}

@@ -60,6 +60,9 @@ fn task_json(t: &Task) -> Value {
         })
         .collect();
     o.insert("statuses".into(), Value::Array(statuses));
+    if let Some(u) = &t.usage {
+        o.insert("statistics".into(), json::to_value(&u.to_statistics()));
+    }
     if let Some(u) = &t.user {
         o.insert("user".into(), json!(u));
     }
