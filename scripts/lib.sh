@@ -23,7 +23,7 @@ need_root() {
 #   cpio                        packing the VM suite's initramfs
 #   crun                        the OCI runtime `corral bench launch` compares against
 DEBIAN_PACKAGES="build-essential pkg-config python3 python3-venv python3-dev curl ca-certificates \
-procps iproute2 qemu-system-x86 busybox-static cpio crun"
+procps iproute2 qemu-system-x86 busybox-static cpio crun clang libbpf-dev"
 
 install_packages() {
   local missing=""

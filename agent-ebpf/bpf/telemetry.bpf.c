@@ -5,8 +5,8 @@
  * only look entries up and never insert, so the map cannot fill with cgroups nobody watches.
  *
  * Programs are BTF tracepoints (tp_btf: direct, CO-RE-relocated loads from the kernel's structs;
- * no kprobes) and cgroup_skb for the network. Hot paths do one per-CPU hash lookup per tracked
- * thread and plain adds on per-CPU values. */
+ * no kprobes) and cgroup_skb for the network. Hot paths read no clock, do one per-CPU hash
+ * lookup, and plain adds on per-CPU values. */
 #include "mini_vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -33,15 +33,6 @@ struct {
 	__type(value, struct cpu_slot);
 } cpu_slots SEC(".maps");
 
-/* When a tracked thread became runnable (woken, or preempted while runnable), by pid. LRU: a
- * thread that exits without running again cannot leak an entry for long. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);
-	__type(value, __u64);
-} runnable_since SEC(".maps");
-
 /* Threads the OOM killer chose, counted when they exit (where their cgroup is current). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -50,41 +41,35 @@ struct {
 	__type(value, __u8);
 } oom_victims SEC(".maps");
 
-/* The container cgroup id of `cg`: its ancestor at container_level. `ancestors` is a flexible
- * array: CO-RE relocates where it starts, and the one slot is read with a probe read (constant
- * indices into it would each need a relocation the loader cannot check against a [0] array). */
-static __always_inline __u64 container_of_cgroup(struct cgroup *cg)
-{
-	struct cgroup *anc = 0;
-	__u32 level = container_level;
-	unsigned long base;
-
-	if (!cg || !level || (__u32)cg->level < level)
-		return 0;
-	base = (unsigned long)cg + bpf_core_field_offset(struct cgroup, ancestors);
-	if (bpf_probe_read_kernel(&anc, sizeof(anc), (void *)(base + level * sizeof(anc))))
-		return 0;
-	if (!anc)
-		return 0;
-	return BPF_CORE_READ(anc, kn, id);
-}
-
-static __always_inline __u64 task_container(struct task_struct *t)
-{
-	return container_of_cgroup(t->cgroups->dfl_cgrp);
-}
+/* Per CPU: the last container id looked up and not found. Most threads on a host are in no
+ * tracked container; this spares them the hash lookup on every switch and fault. A container's
+ * id is new when it is created and tracked before anything runs in it; the agent clears this
+ * cache whenever it tracks one anyway (a re-adopted container may have been seen untracked). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} untracked_cache SEC(".maps");
 
 static __always_inline struct task_stats *current_stats(void)
 {
-	__u32 level = container_level;
-	__u64 id;
+	__u32 level = container_level, zero = 0;
+	struct task_stats *st;
+	__u64 id, *miss;
 
 	if (!level)
 		return 0;
 	id = bpf_get_current_ancestor_cgroup_id(level);
 	if (!id)
 		return 0;
-	return bpf_map_lookup_elem(&tasks, &id);
+	miss = bpf_map_lookup_elem(&untracked_cache, &zero);
+	if (miss && *miss == id)
+		return 0;
+	st = bpf_map_lookup_elem(&tasks, &id);
+	if (!st && miss)
+		*miss = id;
+	return st;
 }
 
 static __always_inline __u32 log2_slot(__u64 v)
@@ -100,83 +85,43 @@ static __always_inline __u32 log2_slot(__u64 v)
 	return r >= RQ_SLOTS ? RQ_SLOTS - 1 : r;
 }
 
+/* The one hot program. A thread's stretch on a CPU runs from one switch to the next; the slot of
+ * the CPU remembers, from when the thread came on, its scheduler runtime and its run-queue delay
+ * (se.sum_exec_runtime and sched_info.run_delay: what cpu.stat and /proc/PID/schedstat sum).
+ * When it leaves, the growth of each is charged to its container: the runtime as CPU time, the
+ * delay as the run-queue wait that preceded this stretch (the scheduler adds it on arrival). No
+ * clock is read and no per-thread map is kept. */
 SEC("tp_btf/sched_switch")
 int BPF_PROG(on_sched_switch, bool preempt, struct task_struct *prev, struct task_struct *next)
 {
 	__u32 zero = 0;
 	struct cpu_slot *slot = bpf_map_lookup_elem(&cpu_slots, &zero);
 	struct task_stats *st;
-	__u64 now, next_cg;
+	bool has_delay = bpf_core_field_exists(next->sched_info);
 
 	if (!slot)
 		return 0;
-	now = bpf_ktime_get_ns();
-
-	/* prev (still current) leaves the CPU: charge its stretch to the container it is in now,
-	 * which also covers a thread that moved itself into a container while running. */
 	st = current_stats();
-	if (st) {
+	if (st && slot->pid == (__u64)prev->pid) {
 		__u64 runtime = prev->se.sum_exec_runtime;
 
-		if (slot->pid == (__u64)prev->pid && runtime > slot->runtime_base)
+		if (runtime > slot->runtime_base)
 			st->oncpu_ns += runtime - slot->runtime_base;
 		st->switches++;
-		if (prev->__state == 0) {
-			/* Preempted: it waits in the run queue from now on. */
-			__u32 pid = prev->pid;
-
+		if (prev->__state == 0)
 			st->involuntary++;
-			bpf_map_update_elem(&runnable_since, &pid, &now, BPF_ANY);
-		}
-	}
-
-	/* next takes the CPU: how long did it wait? */
-	next_cg = task_container(next);
-	st = next_cg ? bpf_map_lookup_elem(&tasks, &next_cg) : 0;
-	if (st) {
-		__u32 pid = next->pid;
-		__u64 *since = bpf_map_lookup_elem(&runnable_since, &pid);
-
-		if (since) {
-			__u64 wait = now > *since ? now - *since : 0;
+		if (has_delay) {
+			__u64 delay = prev->sched_info.run_delay;
+			__u64 wait = delay > slot->delay_base ? delay - slot->delay_base : 0;
 
 			st->rq_waits++;
 			st->rq_wait_ns += wait;
 			st->rq_hist[log2_slot(wait) & (RQ_SLOTS - 1)]++;
-			bpf_map_delete_elem(&runnable_since, &pid);
 		}
 	}
-	slot->cgroup_id = st ? next_cg : 0;
-	slot->since_ns = now;
-	slot->runtime_base = next->se.sum_exec_runtime;
 	slot->pid = next->pid;
-	return 0;
-}
-
-static __always_inline void runnable(struct task_struct *p)
-{
-	__u64 cg = task_container(p);
-	__u32 pid;
-	__u64 now;
-
-	if (!cg || !bpf_map_lookup_elem(&tasks, &cg))
-		return;
-	pid = p->pid;
-	now = bpf_ktime_get_ns();
-	bpf_map_update_elem(&runnable_since, &pid, &now, BPF_ANY);
-}
-
-SEC("tp_btf/sched_wakeup")
-int BPF_PROG(on_sched_wakeup, struct task_struct *p)
-{
-	runnable(p);
-	return 0;
-}
-
-SEC("tp_btf/sched_wakeup_new")
-int BPF_PROG(on_sched_wakeup_new, struct task_struct *p)
-{
-	runnable(p);
+	slot->runtime_base = next->se.sum_exec_runtime;
+	slot->delay_base = has_delay ? next->sched_info.run_delay : 0;
 	return 0;
 }
 
@@ -210,7 +155,6 @@ int BPF_PROG(on_sched_process_exit, struct task_struct *p)
 	struct task_stats *st = current_stats();
 	__u32 pid = p->pid;
 
-	bpf_map_delete_elem(&runnable_since, &pid);
 	if (!st)
 		return 0;
 	if (p->pid == p->tgid)

@@ -13,7 +13,7 @@ struct task_stats {
 	__u64 oncpu_ns;          /* scheduler runtime, added when a thread is switched out */
 	__u64 switches;          /* times switched out */
 	__u64 involuntary;       /* ... of which while still runnable (preempted) */
-	__u64 rq_waits;          /* run-queue waits measured */
+	__u64 rq_waits;          /* stretches on a CPU, each after a run-queue wait */
 	__u64 rq_wait_ns;        /* their total */
 	__u64 rq_hist[RQ_SLOTS]; /* their distribution */
 	__u64 page_faults;       /* user-mode page faults */
@@ -32,14 +32,12 @@ struct task_stats {
 	__u64 net_tx_packets;
 };
 
-/* Per CPU: the thread on this CPU now. `oncpu_ns` grows, when a thread leaves its CPU, by how
- * much its scheduler runtime (se.sum_exec_runtime, the figure cpu.stat sums) grew since it came
- * on: `runtime_base`. `cgroup_id` is its tracked container (0: none) and `since_ns` when it came
- * on: the agent adds that running stretch when it samples, so a task that never leaves its CPU
- * still shows its time. */
+/* Per CPU: the thread on this CPU now (its pid: thread id), and its scheduler runtime
+ * (se.sum_exec_runtime) and run-queue delay (sched_info.run_delay) when it came on. The agent
+ * adds the running stretch of a tracked thread when it samples (from /proc/PID/schedstat), so
+ * a task that never leaves its CPU still shows its time. */
 struct cpu_slot {
-	__u64 cgroup_id;
-	__u64 since_ns;
-	__u64 runtime_base;
 	__u64 pid;
+	__u64 runtime_base;
+	__u64 delay_base;
 };

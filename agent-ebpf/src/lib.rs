@@ -30,6 +30,20 @@ pub use types::{CpuSlot, RQ_SLOTS, TaskStats};
 pub static OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/telemetry.bpf.o"));
 
+/// The overhead benchmark's baseline: one per-CPU counter on `sched_switch` (`bpf/floor.bpf.c`).
+pub static FLOOR_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/floor.bpf.o"));
+
+/// Loads and attaches [`FLOOR_OBJECT`] (for the overhead benchmark); detached when dropped.
+pub fn load_floor() -> Result<Ebpf, Error> {
+    let btf = Btf::from_sys_fs().map_err(|e| Error::Btf(e.to_string()))?;
+    let mut ebpf = EbpfLoader::new().btf(Some(&btf)).load(FLOOR_OBJECT).map_err(Error::Load)?;
+    attach_tp(&mut ebpf, "floor_sched_switch", "sched_switch", &btf).map_err(|source| {
+        Error::Program { name: "floor_sched_switch", tracepoint: "sched_switch", source }
+    })?;
+    Ok(ebpf)
+}
+
 /// Why telemetry from eBPF is not available, or an operation on it failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -90,8 +104,6 @@ pub struct ProgramStatus {
 /// required; without any other the rest still works and the status says what is missing.
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("on_sched_switch", "sched_switch", "cpu time, context switches, run-queue latency"),
-    ("on_sched_wakeup", "sched_wakeup", "run-queue latency after a wakeup"),
-    ("on_sched_wakeup_new", "sched_wakeup_new", "run-queue latency of new threads"),
     ("on_sched_process_fork", "sched_process_fork", "forks, threads"),
     ("on_sched_process_exec", "sched_process_exec", "execs"),
     ("on_sched_process_exit", "sched_process_exit", "exits, OOM kills"),
@@ -103,8 +115,13 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
 pub struct Probes {
     tasks: PerCpuHashMap<MapData, u64, TaskStats>,
     slots: PerCpuArray<MapData, CpuSlot>,
+    untracked_cache: PerCpuArray<MapData, u64>,
     status: Vec<ProgramStatus>,
     cpus: usize,
+    /// The cgroup2 mount (the hierarchy's root) and the containers' depth below it: where a
+    /// thread's `/proc/PID/cgroup` path leads to its container.
+    mount_root: PathBuf,
+    level: u32,
     // Last: owns the programs and their links.
     _ebpf: Ebpf,
 }
@@ -118,9 +135,7 @@ impl std::fmt::Debug for Probes {
 /// The containers on a CPU right now, read once per sampling round (see [`Probes::running`]).
 #[derive(Clone, Debug, Default)]
 pub struct Running {
-    /// `CLOCK_MONOTONIC` ns when it was read.
-    pub now_ns: u64,
-    /// (container cgroup id, on the CPU since, ns).
+    /// (container cgroup id, runtime of its thread's current stretch so far, ns).
     pub slots: Vec<(u64, u64)>,
 }
 
@@ -203,14 +218,56 @@ impl Probes {
         })?;
         let slots = PerCpuArray::try_from(slots)
             .map_err(|source| Error::Map { name: "cpu_slots", source })?;
+        let cache = ebpf.take_map("untracked_cache").ok_or(Error::Map {
+            name: "untracked_cache",
+            source: aya::maps::MapError::InvalidName { name: "untracked_cache".into() },
+        })?;
+        let untracked_cache = PerCpuArray::try_from(cache)
+            .map_err(|source| Error::Map { name: "untracked_cache", source })?;
         let cpus =
             aya::util::nr_cpus().map_err(|(_, e)| Error::Btf(format!("possible CPUs: {e}")))?;
-        Ok(Probes { tasks, slots, status, cpus, _ebpf: ebpf })
+        // The agent's cgroup is one level above the containers.
+        let mut mount_root = cfg.cgroup_dir.clone();
+        for _ in 1..cfg.container_level {
+            mount_root.pop();
+        }
+        Ok(Probes {
+            tasks,
+            slots,
+            untracked_cache,
+            status,
+            cpus,
+            mount_root,
+            level: cfg.container_level,
+            _ebpf: ebpf,
+        })
     }
 
     /// Each program and whether it is attached.
     pub fn status(&self) -> &[ProgramStatus] {
         &self.status
+    }
+
+    /// How often each attached program ran and for how long in total (ns), from the kernel's
+    /// BPF statistics (`/proc/self/fdinfo` of the program; the counts stay 0 unless statistics
+    /// are on, see [`enable_run_stats`]).
+    pub fn run_stats(&self) -> Vec<(&'static str, u64, u64)> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        let mut out = Vec::new();
+        for s in self.status.iter().filter(|s| s.error.is_none()) {
+            let Some(Ok(fd)) = self._ebpf.program(s.program).map(|p| p.fd()) else { continue };
+            let raw = fd.as_fd().as_raw_fd();
+            let Ok(text) = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")) else {
+                continue;
+            };
+            let field = |k: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            out.push((s.program, field("run_cnt:"), field("run_time_ns:")));
+        }
+        out
     }
 
     /// Starts counting for the container whose cgroup id is `cgroup_id` (from zero).
@@ -219,7 +276,15 @@ impl Probes {
             .map_err(|e| Error::Map { name: "tasks", source: aya::maps::MapError::IoError(e) })?;
         self.tasks
             .insert(cgroup_id, zeros, 0)
-            .map_err(|source| Error::Map { name: "tasks", source })
+            .map_err(|source| Error::Map { name: "tasks", source })?;
+        // The programs may have cached it as untracked (a container adopted again).
+        let zeros = PerCpuValues::try_from(vec![0u64; self.cpus]).map_err(|e| Error::Map {
+            name: "untracked_cache",
+            source: aya::maps::MapError::IoError(e),
+        })?;
+        self.untracked_cache
+            .set(0, zeros, 0)
+            .map_err(|source| Error::Map { name: "untracked_cache", source })
     }
 
     /// Stops counting for `cgroup_id` and frees its entry. Untracking an id that is not
@@ -236,19 +301,37 @@ impl Probes {
         }
     }
 
-    /// Which containers are on a CPU right now. Read once per round and pass to
-    /// [`Probes::read`], so a task that has not left its CPU since the last switch still
-    /// shows its time.
+    /// Which containers are on a CPU right now, and how much runtime their threads have had
+    /// since they came on (from `/proc/PID/schedstat`, at most a scheduler tick behind). Read
+    /// once per round and pass to [`Probes::read`], so a task that has not left its CPU since
+    /// the last switch still shows its time.
     pub fn running(&self) -> Result<Running, Error> {
         let values =
             self.slots.get(&0, 0).map_err(|source| Error::Map { name: "cpu_slots", source })?;
-        let now_ns = monotonic_ns();
         let slots = values
             .iter()
-            .filter(|s| s.cgroup_id != 0 && s.since_ns != 0 && s.since_ns <= now_ns)
-            .map(|s| (s.cgroup_id, s.since_ns))
+            .filter(|s| s.pid != 0)
+            .filter_map(|s| {
+                let id = self.container_of(s.pid)?;
+                let stat = std::fs::read_to_string(format!("/proc/{}/schedstat", s.pid)).ok()?;
+                let runtime: u64 = stat.split_whitespace().next()?.parse().ok()?;
+                Some((id, runtime.saturating_sub(s.runtime_base)))
+            })
             .collect();
-        Ok(Running { now_ns, slots })
+        Ok(Running { slots })
+    }
+
+    /// The container cgroup id of thread `pid`, from `/proc/PID/cgroup`.
+    fn container_of(&self, pid: u64) -> Option<u64> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let parts: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+        if parts.len() < self.level as usize {
+            return None;
+        }
+        let dir =
+            parts[..self.level as usize].iter().fold(self.mount_root.clone(), |p, c| p.join(c));
+        cgroup_id(&dir).ok()
     }
 
     /// The counters of `cgroup_id`, summed over CPUs, with the current stretch of any CPU it
@@ -263,9 +346,9 @@ impl Probes {
         for v in values.iter() {
             sum.add(v);
         }
-        for &(id, since) in &running.slots {
+        for &(id, stretch) in &running.slots {
             if id == cgroup_id {
-                sum.oncpu_ns += running.now_ns - since;
+                sum.oncpu_ns += stretch;
             }
         }
         Ok(Some(sum))
@@ -351,6 +434,13 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 fn clone_err(e: &aya::programs::ProgramError) -> aya::programs::ProgramError {
     aya::programs::ProgramError::IOError(std::io::Error::other(chain(e)))
+}
+
+/// Turns the kernel's per-program run statistics on for as long as the returned fd is open
+/// (for benchmarks: they cost a little on every program run).
+pub fn enable_run_stats() -> Result<std::os::fd::OwnedFd, Error> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| Error::SelfTest(format!("BPF_ENABLE_STATS: {e}")))
 }
 
 /// The cgroup v2 id of a cgroup directory: its inode number.

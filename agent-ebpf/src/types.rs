@@ -51,14 +51,13 @@ mirrored! {
 }
 
 mirrored! {
-    /// `struct cpu_slot`: the thread on one CPU now: its tracked container (0: none), since
-    /// when (`CLOCK_MONOTONIC` ns), its scheduler runtime then, and its pid.
+    /// `struct cpu_slot`: the thread on one CPU now (thread id), and its scheduler runtime and
+    /// run-queue delay (ns) when it came on.
     @derive #[derive(Default)]
     pub struct CpuSlot {
-        pub cgroup_id: u64,
-        pub since_ns: u64,
-        pub runtime_base: u64,
         pub pid: u64,
+        pub runtime_base: u64,
+        pub delay_base: u64,
     }
 }
 

@@ -149,6 +149,17 @@ impl TestCgroup {
             .status()
             .expect("spawn the workload");
         assert!(status.success(), "workload {args:?}: {status}");
+        // A reaped process may not have left its CPU yet (its parent is told before its last
+        // switch): wait until the cgroup is empty, and a little for that last switch.
+        for _ in 0..200 {
+            let events =
+                std::fs::read_to_string(self.path.join("cgroup.events")).unwrap_or_default();
+            if events.contains("populated 0") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 
     fn cpu_stat_usec(&self) -> u64 {

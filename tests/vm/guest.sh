@@ -155,6 +155,33 @@ case_memory_oom() {
   NOTE="exit $RC"
 }
 
+# The agent's metrics with the memory controller this host lacks: the task memory_oom ran is
+# counted as OOM-killed by the eBPF programs (its last sample stays in /metrics), and a task
+# holding 24 MiB shows it in memory.current.
+metrics_have() {
+  wget -q -O /tmp/metrics.txt "http://127.0.0.1:$AGENT_PORT/metrics" &&
+    awk -v fam="$1" -v min="$2" 'index($1, fam "{") == 1 && $1 ~ /corral-run-/ && $NF + 0 >= min + 0 {f = 1} END {exit !f}' /tmp/metrics.txt
+}
+
+case_telemetry_memory_and_oom() {
+  wget -q -O /tmp/agent-state.json "http://127.0.0.1:$AGENT_PORT/state" ||
+    fail "GET /state failed" || return 1
+  grep -q '"source":"ebpf"' /tmp/agent-state.json ||
+    fail "telemetry is not from eBPF: $(grep -o '"fallback_reason":"[^"]*"' /tmp/agent-state.json)" || return 1
+  metrics_have corral_task_oom_kills_total 1 ||
+    fail "no task with an OOM kill in /metrics: $(grep oom_kills /tmp/metrics.txt | head -3)" || return 1
+  bg_run hold --mem 64 --shell -- 'dd if=/dev/zero bs=24M count=1 2>/dev/null | sleep 60' ||
+    fail "corral run did not start" || return 1
+  wait_until 60 is_running hold || fail "not running: $(tail_of /tmp/hold.err)" || return 1
+  if ! wait_until 20 metrics_have corral_task_memory_usage_bytes 25165824; then
+    fail "no task using 24 MiB in /metrics: $(grep memory_usage /tmp/metrics.txt | head -3)"
+    interrupt hold
+    return 1
+  fi
+  interrupt hold
+  NOTE="eBPF on $(uname -r)"
+}
+
 case_limit_files() {
   # The task reads its own cgroup's interface files: what the agent wrote for --cpus 0.5
   # --mem 64 and --pids-max 64.
@@ -333,7 +360,7 @@ setup() {
 read -r T0 _ </proc/uptime
 if setup; then
   echo "== cluster up after $(since "$T0")s"
-  for c in limit_files memory_oom pids_fork_bomb cpu_half kill_grace_then_cgroup_kill \
+  for c in limit_files memory_oom telemetry_memory_and_oom pids_fork_bomb cpu_half kill_grace_then_cgroup_kill \
     pid_namespace unknown_user no_leftovers; do
     run_case "$c"
   done
