@@ -178,6 +178,11 @@ case_telemetry_memory_and_oom() {
     interrupt hold
     return 1
   fi
+  metrics_have corral_task_runqueue_latency_seconds_count 1 ||
+    fail "no run-queue waits counted: $(grep runqueue_latency_seconds_count /tmp/metrics.txt | head -2)" || {
+      interrupt hold
+      return 1
+    }
   interrupt hold
   NOTE="eBPF on $(uname -r)"
 }

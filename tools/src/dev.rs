@@ -197,6 +197,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     };
     println!("  run:     {me} run{port_flag} -- echo hello");
     println!("  list:    {me} agents{port_flag}   (also: frameworks, tasks)");
+    println!("  usage:   {me} top{port_flag}   (live per-task CPU, memory, run-queue latency)");
     println!("  logs:    {}/*.log", work.display());
     println!("Ctrl-C stops everything.");
 
@@ -248,6 +249,9 @@ async fn print_isolation(master: &MasterAddr) {
             for l in lines {
                 println!("    {l}");
             }
+        }
+        if let Some(t) = iso["telemetry"].as_str() {
+            println!("    per-task telemetry: {t}; metrics: curl http://127.0.0.1:{port}/metrics");
         }
     }
 }
