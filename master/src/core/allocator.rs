@@ -35,6 +35,9 @@ pub struct Allocation {
     pub agent: String,
     pub role: String,
     pub resources: Resources,
+    /// Since when these resources were waiting to be offered (freed, added, or newly
+    /// eligible): the start of the offer path's first stage.
+    pub since: Time,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +80,8 @@ struct AgentSlot {
     /// (framework, role) -> what that pair holds on this agent.
     allocations: HashMap<(String, String), Resources>,
     active: bool,
+    /// When it was first marked dirty since its last allocation pass.
+    dirty_since: Option<Time>,
 }
 
 #[derive(Debug)]
@@ -122,6 +127,10 @@ pub struct Allocator {
     dirty: Dirty,
     /// (expiry, framework, role, agent): lets `next_timeout` and expiry avoid scans.
     expiries: BTreeSet<(Time, String, String, String)>,
+    /// The latest time the owner passed in ([`Allocator::set_now`]): when dirt happened.
+    now: Time,
+    /// When every agent became dirty (a framework became eligible), if since the last pass.
+    all_dirty_since: Option<Time>,
 }
 
 impl Allocator {
@@ -136,16 +145,29 @@ impl Allocator {
             total: Resources::new(),
             dirty: Dirty::Agents(BTreeSet::new()),
             expiries: BTreeSet::new(),
+            now: Time(0),
+            all_dirty_since: None,
         }
     }
 
+    /// The current time, for the offer-path instrumentation (when resources became
+    /// available). Decisions never depend on it.
+    pub fn set_now(&mut self, now: Time) {
+        self.now = now;
+    }
+
     fn mark_dirty(&mut self, agent: &str) {
+        let now = self.now;
+        if let Some(a) = self.agents.get_mut(agent) {
+            a.dirty_since.get_or_insert(now);
+        }
         if let Dirty::Agents(set) = &mut self.dirty {
             set.insert(agent.to_string());
         }
     }
 
     fn mark_all_dirty(&mut self) {
+        self.all_dirty_since.get_or_insert(self.now);
         self.dirty = Dirty::All;
     }
 
@@ -173,6 +195,7 @@ impl Allocator {
                 allocated: Resources::new(),
                 allocations: HashMap::new(),
                 active: true,
+                dirty_since: None,
             },
         );
         for (fw, role, r) in used {
@@ -491,6 +514,7 @@ impl Allocator {
         resources: &Resources,
         refuse: Option<Duration>,
     ) {
+        self.now = self.now.max(now);
         if let Some(a) = self.agents.get_mut(agent) {
             a.allocated.subtract(resources);
             let key = (framework.to_string(), role.to_string());
@@ -575,7 +599,9 @@ impl Allocator {
     /// Runs allocation over the dirty agents and returns the decisions, already recorded as
     /// allocated.
     pub fn allocate(&mut self, now: Time) -> Vec<Allocation> {
+        self.now = now;
         self.expire_filters(now);
+        let all_since = self.all_dirty_since.take();
         let agents: Vec<String> =
             match std::mem::replace(&mut self.dirty, Dirty::Agents(BTreeSet::new())) {
                 Dirty::All => self.agents.keys().cloned().collect(),
@@ -588,7 +614,14 @@ impl Allocator {
             // One agent can go to several roles: what is reserved for one role is offered
             // only to it, and what the first pick leaves (others' reservations, quota cuts)
             // goes on.
-            let Some(agent) = self.agents.get(&agent_id).filter(|a| a.active) else { continue };
+            let Some(agent) = self.agents.get_mut(&agent_id) else { continue };
+            let since = match (agent.dirty_since.take(), all_since) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => a.or(b).unwrap_or(now),
+            };
+            if !agent.active {
+                continue;
+            }
             let mut available = agent.total.minus(&agent.allocated);
             while self.allocatable(&available) {
                 let Some((fw, role, cut)) = self.pick(&agent_id, &available, free.as_ref()) else {
@@ -611,6 +644,7 @@ impl Allocator {
                     agent: agent_id.clone(),
                     role,
                     resources: offer,
+                    since,
                 });
             }
         }

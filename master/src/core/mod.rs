@@ -17,6 +17,7 @@
 //! a method here, so a replicated registry and leader epochs can wrap these inputs later.
 
 pub mod allocator;
+pub mod offer_path;
 mod operator;
 mod registry;
 mod scheduler;
@@ -62,6 +63,9 @@ pub struct MasterConfig {
     /// After a restart, how long agents the registry lists have to re-register.
     pub agent_reregister_timeout: Duration,
     pub allocator: AllocatorConfig,
+    /// A monotonic nanosecond clock for timing allocation runs (instrumentation only:
+    /// decisions never read it). Cores under test use [`offer_path::no_stopwatch`].
+    pub stopwatch: fn() -> u64,
 }
 
 impl Default for MasterConfig {
@@ -75,6 +79,7 @@ impl Default for MasterConfig {
             weights: Vec::new(),
             agent_reregister_timeout: Duration::from_secs(600),
             allocator: AllocatorConfig::default(),
+            stopwatch: offer_path::no_stopwatch,
         }
     }
 }
@@ -251,6 +256,8 @@ pub struct Task {
     pub executor_id: Option<String>,
     /// The latest usage sample its agent reported.
     pub usage: Option<Box<corral_wire::proto::TaskUsage>>,
+    /// When the ACCEPT that launched it arrived, until its first TASK_RUNNING.
+    pub accepted_at: Option<Time>,
 }
 
 /// A task group's executor: the agent's built-in default executor, holding its own resources
@@ -319,9 +326,19 @@ pub struct Framework {
     pub offers: BTreeSet<String>,
     /// Task group executors by id.
     pub executors: BTreeMap<String, Executor>,
+    /// Offer-path latencies by role (created on a role's first sample).
+    pub offer_path: BTreeMap<String, offer_path::Stages>,
 }
 
 impl Framework {
+    /// The offer-path histograms of `role`.
+    pub fn stages(&mut self, role: &str) -> &mut offer_path::Stages {
+        if !self.offer_path.contains_key(role) {
+            self.offer_path.insert(role.to_string(), offer_path::Stages::default());
+        }
+        self.offer_path.get_mut(role).expect("inserted above")
+    }
+
     /// A framework that subscribed on `stream`, or (`stream: None`) one recovered from an
     /// agent's report that has not subscribed to this master yet.
     fn new(
@@ -350,6 +367,7 @@ impl Framework {
             completed_tasks: VecDeque::new(),
             offers: BTreeSet::new(),
             executors: BTreeMap::new(),
+            offer_path: BTreeMap::new(),
         }
     }
 
@@ -383,6 +401,8 @@ pub struct Offer {
     pub agent_id: String,
     pub role: String,
     pub resources: Resources,
+    /// When it was sent: the start of the accepted/declined stage.
+    pub created: Time,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -426,6 +446,8 @@ pub struct Master {
     /// A `Command::Persist` is queued and not yet taken.
     persist_pending: bool,
     pub metrics: Metrics,
+    /// How long allocation passes took.
+    pub allocation_run: offer_path::Latency,
 }
 
 /// Counters exposed as Mesos metrics.
@@ -477,6 +499,7 @@ impl Master {
             persisted: None,
             persist_pending: false,
             metrics: Metrics::default(),
+            allocation_run: offer_path::Latency::default(),
         }
     }
 
@@ -532,6 +555,7 @@ impl Master {
     /// Fires every timer due by `now`.
     pub fn handle_timeout(&mut self, now: Time) {
         self.now = now;
+        self.allocator.set_now(now);
         while let Some((at, _)) = self.timers.first() {
             if *at > now {
                 break;
@@ -563,6 +587,7 @@ impl Master {
     /// A message arrived on an agent connection (already validated by the wire layer).
     pub fn agent_message(&mut self, now: Time, conn: ConnId, msg: AgentMessage) {
         self.now = now;
+        self.allocator.set_now(now);
         match msg {
             AgentMessage::Register(reg) => self.register_agent(conn, reg),
             AgentMessage::Pong { seq } => {
@@ -625,6 +650,7 @@ impl Master {
     /// An agent connection ended (closed, reset, bad record).
     pub fn agent_disconnected(&mut self, now: Time, conn: ConnId) {
         self.now = now;
+        self.allocator.set_now(now);
         let Some(id) = self.conns.remove(&conn) else { return };
         let Some(agent) = self.agents.get_mut(&id) else { return };
         if agent.conn != Some(conn) {
@@ -803,6 +829,7 @@ impl Master {
                         user: report.task.command.user.clone(),
                         executor_id: report.task.group.as_ref().map(|g| g.executor_id.clone()),
                         usage: None,
+                        accepted_at: None,
                     },
                 );
             task.state = state;
@@ -997,8 +1024,14 @@ impl Master {
         let task = fw.tasks.get_mut(&update.task_id);
         let mut released = None;
         let mut changed = false;
+        let mut reached_running = None;
         match task {
             Some(task) => {
+                if state == v1::TaskState::TaskRunning
+                    && let Some(at) = task.accepted_at.take()
+                {
+                    reached_running = Some((task.role.clone(), at));
+                }
                 let was_terminal = is_terminal(task.state);
                 if !was_terminal {
                     changed = task.state != state;
@@ -1018,6 +1051,9 @@ impl Master {
             None => {
                 tracing::debug!(task = %update.task_id, "status update for a task the master does not track; forwarding");
             }
+        }
+        if let Some((role, at)) = reached_running {
+            fw.stages(&role).running.record_between(at, self.now);
         }
         if let Some((role, resources)) = released {
             self.allocator.recover(
@@ -1109,7 +1145,9 @@ impl Master {
 
     fn allocate(&mut self) {
         self.metrics.allocation_runs += 1;
+        let started = (self.config.stopwatch)();
         let decisions = self.allocator.allocate(self.now);
+        self.allocation_run.record_ns((self.config.stopwatch)().saturating_sub(started));
         let mut by_framework: BTreeMap<String, Vec<v1::Offer>> = BTreeMap::new();
         for d in decisions {
             let id = format!("{}-O{}", self.identity.id, self.next_offer);
@@ -1122,10 +1160,12 @@ impl Master {
                 agent_id: d.agent,
                 role: d.role,
                 resources: d.resources,
+                created: self.now,
             };
             let offer = self.offer_proto(&record);
             if let Some(fw) = self.frameworks.get_mut(&d.framework) {
                 fw.offers.insert(id.clone());
+                fw.stages(&record.role).offered.record_between(d.since, self.now);
             }
             self.offers.insert(id, record);
             by_framework.entry(d.framework).or_default().push(offer);
@@ -1238,6 +1278,7 @@ impl Master {
     /// A framework's event stream ended (the HTTP connection closed).
     pub fn stream_closed(&mut self, now: Time, stream: StreamId) {
         self.now = now;
+        self.allocator.set_now(now);
         if self.operator_streams.remove(&stream) {
             return;
         }

@@ -306,6 +306,7 @@ impl Master {
     /// An operator call the core answers, already validated with [`validate_operator_call`].
     pub fn operator_call(&mut self, now: Time, c: op::Call) -> Result<OperatorResponse, CallError> {
         self.now = now;
+        self.allocator.set_now(now);
         use OperatorResponse::{Body, Ok};
         use call::Type as T;
         use response::Type as R;
@@ -856,6 +857,7 @@ impl Master {
     /// then every event until it closes ([`Master::stream_closed`]).
     pub fn operator_subscribe(&mut self, now: Time, stream: StreamId) {
         self.now = now;
+        self.allocator.set_now(now);
         self.operator_streams.insert(stream);
         let state = self.get_state();
         let subscribed = event_of(event::Type::Subscribed, |e| {

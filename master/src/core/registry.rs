@@ -155,6 +155,7 @@ impl Master {
     /// Starts from the registry a previous master persisted.
     pub fn recover(&mut self, now: Time, registry: Registry) {
         self.now = now;
+        self.allocator.set_now(now);
         for (role, w) in &registry.weights {
             self.allocator.set_weight(role, *w);
             self.weights.insert(role.clone(), *w);

@@ -226,6 +226,7 @@ impl Master {
         sub: call::Subscribe,
     ) {
         self.now = now;
+        self.allocator.set_now(now);
         let mut info = sub.framework_info;
         let fail = |this: &mut Master, msg: String| {
             tracing::info!(%msg, "refusing framework subscription");
@@ -323,6 +324,7 @@ impl Master {
         call: Call,
     ) -> Result<CallResponse, CallError> {
         self.now = now;
+        self.allocator.set_now(now);
         let fid = call.framework_id.as_ref().map(|f| f.value.clone()).unwrap_or_default();
         let Some(fw) = self.frameworks.get(&fid) else {
             return Err(CallError::BadRequest("Framework cannot be found".into()));
@@ -577,9 +579,15 @@ impl Master {
         }
         let (Some(agent), Some(role)) = (agent, role) else { return };
         let mut remaining = Resources::new();
+        let declined = operations.is_empty();
         for oid in &offer_ids {
             if let Some(o) = self.remove_offer(&oid.value, false) {
                 remaining.add(&o.resources);
+                if let Some(fw) = self.frameworks.get_mut(fid) {
+                    let stages = fw.stages(&role);
+                    let stage = if declined { &mut stages.declined } else { &mut stages.accepted };
+                    stage.record_between(o.created, self.now);
+                }
             }
         }
         if !operations.is_empty() {
@@ -772,6 +780,7 @@ impl Master {
             container_id: None,
             executor_id,
             usage: None,
+            accepted_at: Some(self.now),
         };
         fw.tasks.insert(t.id.clone(), t);
         self.metrics.tasks_launched += 1;

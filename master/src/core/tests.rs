@@ -1622,3 +1622,42 @@ fn usage_reports_land_on_their_agents_tasks_only() {
     m.agent_message(t(3), 1, AgentMessage::Usage(vec![stray]));
     assert!(drain(&mut m).is_empty(), "usage reports make no commands");
 }
+
+#[test]
+fn offer_path_stages_are_timed_per_framework_and_role() {
+    let mut m = master();
+    add_agent(&mut m, t(0), 1, "cpus:2;mem:256");
+    // The framework subscribes 0.5 s after the agent's resources became available.
+    let fid = subscribe(&mut m, t(0.5), 10, framework_info("fw", &[]));
+    let offer = offers_on(&drain(&mut m), 10).remove(0);
+    // Accepted 1 s after it was sent; the task runs 2 s after the accept.
+    call_ok(&mut m, t(1.5), 10, launch_call(&fid, &offer, "t1", "cpus:1;mem:64"));
+    m.agent_message(t(3.5), 1, status(&fid, "t1", TaskState::TaskRunning, 1));
+    let _ = drain(&mut m);
+    // The unused rest was filtered for 5 s; offered again when that expires, declined 0.25 s
+    // later.
+    let rest = offers_on(&advance(&mut m, 3.5, 6.5, &[1]), 10);
+    assert_eq!(rest.len(), 1, "the remaining resources are offered again");
+    let decline = Call {
+        framework_id: fid_of(&fid),
+        r#type: Some(call::Type::Decline as i32),
+        decline: Some(call::Decline { offer_ids: vec![rest[0].id.clone()], filters: None }),
+        ..Default::default()
+    };
+    call_ok(&mut m, t(6.75), 10, decline);
+    let stages = &m.frameworks[&fid].offer_path["*"];
+    let ms = |l: &offer_path::Latency| l.quantile(0.5).as_secs_f64() * 1e3;
+    assert_eq!(stages.offered.count(), 2);
+    assert_eq!(stages.accepted.count(), 1);
+    assert!((ms(&stages.accepted) - 1000.0).abs() < 10.0, "{}", ms(&stages.accepted));
+    assert_eq!(stages.declined.count(), 1);
+    assert!((ms(&stages.declined) - 250.0).abs() < 3.0, "{}", ms(&stages.declined));
+    assert_eq!(stages.running.count(), 1);
+    assert!((ms(&stages.running) - 2000.0).abs() < 20.0, "{}", ms(&stages.running));
+    // A second TASK_RUNNING (a resend) is not a second sample.
+    m.agent_message(t(7.0), 1, status(&fid, "t1", TaskState::TaskRunning, 2));
+    assert_eq!(m.frameworks[&fid].offer_path["*"].running.count(), 1);
+    // The first offer: resources available at 0 s (the agent registered), offered at 0.5 s.
+    assert!(m.frameworks[&fid].offer_path["*"].offered.max().as_secs_f64() >= 0.49);
+    assert_eq!(m.allocation_run.count(), m.metrics.allocation_runs);
+}

@@ -120,6 +120,7 @@ impl MasterArgs {
             max_completed_tasks_per_framework: self.max_completed_tasks_per_framework,
             weights,
             agent_reregister_timeout: self.agent_reregister_timeout,
+            stopwatch: super::clock::mono_ns,
             ..MasterConfig::default()
         })
     }

@@ -34,3 +34,11 @@ impl Default for Clock {
         Clock::new()
     }
 }
+
+/// Monotonic nanoseconds since the first call: the core's stopwatch for timing its own work
+/// (`MasterConfig::stopwatch`), never for decisions.
+#[allow(clippy::disallowed_methods)] // instrumentation: the core's decisions never see it
+pub fn mono_ns() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}

@@ -78,7 +78,8 @@ pub fn router(handle: Handle) -> Router {
             .route(&format!("{prefix}/state-summary"), get(state_summary))
             .route(&format!("{prefix}/roles"), get(roles))
             .route(&format!("{prefix}/roles.json"), get(roles))
-            .route(&format!("{prefix}/metrics/snapshot"), get(metrics_snapshot));
+            .route(&format!("{prefix}/metrics/snapshot"), get(metrics_snapshot))
+            .route(&format!("{prefix}/metrics"), get(prometheus_metrics));
     }
     r.route("/", get(status_page))
         .route("/version", get(version))
@@ -532,6 +533,18 @@ async fn roles(State(handle): State<Handle>, Query(q): Query<JsonpQuery>) -> Res
 
 async fn metrics_snapshot(State(handle): State<Handle>, Query(q): Query<JsonpQuery>) -> Response {
     view(&handle, q.jsonp.as_deref(), state::metrics_snapshot).await
+}
+
+/// `/metrics`: Prometheus text (OpenMetrics), the offer path included.
+async fn prometheus_metrics(State(handle): State<Handle>) -> Response {
+    match handle.query(super::prometheus::Snapshot::take).await {
+        Some(snapshot) => (
+            [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+            snapshot.encode(),
+        )
+            .into_response(),
+        None => text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down"),
+    }
 }
 
 async fn version(Query(q): Query<JsonpQuery>) -> Response {

@@ -12,6 +12,7 @@ pub mod args;
 pub mod clock;
 pub mod http;
 pub mod logging;
+pub mod prometheus;
 pub mod quic;
 pub mod state;
 

@@ -559,7 +559,36 @@ pub fn metrics_snapshot(m: &Master) -> Value {
     all.insert("master/offers_sent".into(), json!(c.offers_sent as f64));
     all.insert("master/offers_rescinded".into(), json!(c.offers_rescinded as f64));
     all.insert("master/tasks_launched".into(), json!(c.tasks_launched as f64));
+    timer(&mut all, "allocator/mesos/allocation_run_ms", &m.allocation_run);
+    for (stage, lat) in offer_path_totals(m).named() {
+        timer(&mut all, &format!("master/offer_path/{stage}_ms"), lat);
+    }
     Value::Object(all)
+}
+
+/// Every framework's offer-path histograms merged (frameworks live and completed).
+pub fn offer_path_totals(m: &Master) -> crate::core::offer_path::Stages {
+    let mut total = crate::core::offer_path::Stages::default();
+    for f in m.frameworks().values().chain(m.completed_frameworks().iter()) {
+        for s in f.offer_path.values() {
+            total.merge(s);
+        }
+    }
+    total
+}
+
+/// A histogram as a Mesos timer: `NAME` (the last... here the median), `NAME/count`,
+/// `/min`-less percentiles `p50`, `p90`, `p95`, `p99`, `p999`, `p9999` and `max`, in ms.
+fn timer(o: &mut Map<String, Value>, name: &str, l: &crate::core::offer_path::Latency) {
+    let ms = |d: std::time::Duration| json!(d.as_secs_f64() * 1e3);
+    o.insert(name.to_string(), ms(l.quantile(0.5)));
+    o.insert(format!("{name}/count"), json!(l.count() as f64));
+    for (suffix, q) in
+        [("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99), ("p999", 0.999), ("p9999", 0.9999)]
+    {
+        o.insert(format!("{name}/{suffix}"), ms(l.quantile(q)));
+    }
+    o.insert(format!("{name}/max"), ms(l.max()));
 }
 
 #[cfg(test)]
