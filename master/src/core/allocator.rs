@@ -3,25 +3,36 @@
 //!
 //! Two-level Dominant Resource Fairness, as in Mesos' hierarchical allocator: for each agent
 //! with allocatable free resources, roles are visited in order of weighted dominant share
-//! (share / weight), and within a role frameworks in order of their dominant share in that
-//! role; the first framework that is active, not suppressed for the role and not filtered for
-//! this agent receives everything free on the agent. Shares are over the cluster's scalar
-//! totals (cpus, mem, disk, gpus, ...); ports and other ranges travel with the allocation but
-//! do not count towards shares.
+//! (share / weight; roles below their quota guarantee first), and within a role frameworks in
+//! order of their dominant share in that role; the first framework that is active, not
+//! suppressed for the role and not filtered for this agent receives everything free on the
+//! agent. Shares are over the cluster's scalar totals (cpus, mem, disk, gpus, ...); ports and
+//! other ranges travel with the allocation but do not count towards shares.
 //!
 //! Allocation runs on events, not in a periodic batch: every change that can make resources
 //! offerable (agent added or reactivated, resources recovered, framework added or revived,
 //! a filter expiring) marks the affected agents dirty, and the next [`Allocator::allocate`]
 //! looks only at dirty agents. Time is passed in; nothing here reads a clock.
 //!
+//! How it stays fast at 10,000s of agents and 1,000s of frameworks and roles: agents,
+//! frameworks and roles are interned to indices; the DRF orders are kept sorted at all times
+//! (a `BTreeSet` of roles by weighted share and one of frameworks per role by share), and an
+//! allocation moves only the framework and role it changed, so a pick is a walk from the front
+//! of the orders rather than a sort; decline filters live with their agent, keyed by
+//! (framework, role) indices; unmet quota guarantees are summed incrementally. When the
+//! cluster's total changes (agents come and go) every share is stale: they are recomputed once,
+//! at the next pass.
+//!
 //! Invariants (checked by [`Allocator::check_invariants`] in tests): an agent's allocation
 //! never exceeds its total; per-agent, per-framework and per-role sums agree.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use corral_wire::resources::{Conversion, Key, ResourceError, Resources, Scalar, Value};
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::time::Time;
 
@@ -59,7 +70,7 @@ impl Default for AllocatorConfig {
 }
 
 /// A role's quota (operator UPDATE_QUOTA): scalar quantities by name. `limits` caps what the
-/// role holds (offered and used); `guarantees` are held back from other roles while the role
+/// role may hold; `guarantees` is held back from other roles for as long as the role
 /// holds less. A name without a limit is unlimited.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Quota {
@@ -73,15 +84,28 @@ impl Quota {
     }
 }
 
-#[derive(Debug)]
-struct AgentSlot {
-    total: Resources,
-    allocated: Resources,
-    /// (framework, role) -> what that pair holds on this agent.
-    allocations: HashMap<(String, String), Resources>,
-    active: bool,
-    /// When it was first marked dirty since its last allocation pass.
-    dirty_since: Option<Time>,
+/// An interned agent, framework or role.
+type Ix = u32;
+
+/// A non-negative share as an order-preserving integer.
+fn bits(share: f64) -> u64 {
+    if share.is_finite() && share > 0.0 { share.to_bits() } else { 0 }
+}
+
+/// A framework's place in its role's DRF order: share, then registration order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct FwKey {
+    share: u64,
+    ix: Ix,
+}
+
+/// A role's place in the DRF order: roles below their guarantee first, then by weighted
+/// share, then in order of first use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct RoleKey {
+    satisfied: bool,
+    share: u64,
+    ix: Ix,
 }
 
 #[derive(Debug)]
@@ -91,42 +115,75 @@ struct Filter {
 }
 
 #[derive(Debug)]
-struct FrameworkSlot {
-    roles: BTreeSet<String>,
-    suppressed: BTreeSet<String>,
-    active: bool,
-    /// role -> allocation in that role (all agents).
-    allocated: HashMap<String, Resources>,
-    /// (role, agent) -> filter.
-    filters: HashMap<(String, String), Filter>,
-}
-
-#[derive(Debug, Default)]
-struct RoleSlot {
-    frameworks: BTreeSet<String>,
+struct AgentSlot {
+    id: Arc<str>,
+    total: Resources,
     allocated: Resources,
+    /// (framework, role) -> what that pair holds on this agent.
+    allocations: FxHashMap<(Ix, Ix), Resources>,
+    /// (framework, role) -> what that pair declined here, until when.
+    filters: FxHashMap<(Ix, Ix), Filter>,
+    active: bool,
+    /// In the dirty list.
+    dirty: bool,
+    /// When it was first marked dirty since its last allocation pass.
+    dirty_since: Option<Time>,
 }
 
 #[derive(Debug)]
-enum Dirty {
-    All,
-    Agents(BTreeSet<String>),
+struct FrameworkSlot {
+    id: Arc<str>,
+    roles: BTreeSet<String>,
+    suppressed: BTreeSet<String>,
+    role_ix: Vec<Ix>,
+    suppressed_ix: Vec<Ix>,
+    active: bool,
+    /// role -> (allocation in that role on all agents, scalars only; its share).
+    allocated: FxHashMap<Ix, (Resources, f64)>,
+    /// (agent, role) pairs this framework has a filter for.
+    filtered: FxHashSet<(Ix, Ix)>,
+}
+
+#[derive(Debug)]
+struct RoleSlot {
+    name: Arc<str>,
+    frameworks: BTreeSet<String>,
+    /// Its frameworks in DRF order.
+    order: BTreeSet<FwKey>,
+    allocated: Resources,
+    /// Its key in `role_order`, while it has frameworks.
+    key: Option<RoleKey>,
+    /// What of its guarantee it does not hold yet (roles with a quota).
+    unmet: Resources,
+    /// Its weight and whether it has a quota (cached from `weights` and `quotas`).
+    weight: f64,
+    has_quota: bool,
 }
 
 /// The allocator. See the module docs.
 #[derive(Debug)]
 pub struct Allocator {
     config: AllocatorConfig,
-    agents: BTreeMap<String, AgentSlot>,
-    frameworks: HashMap<String, FrameworkSlot>,
-    roles: BTreeMap<String, RoleSlot>,
+    agents: Vec<Option<AgentSlot>>,
+    agent_ix: HashMap<String, Ix>,
+    frameworks: Vec<Option<FrameworkSlot>>,
+    framework_ix: HashMap<String, Ix>,
+    /// Role slots are never reused: filters and expiries may name a role index.
+    roles: Vec<RoleSlot>,
+    role_ix: BTreeMap<String, Ix>,
+    role_order: BTreeSet<RoleKey>,
     weights: HashMap<String, f64>,
     quotas: BTreeMap<String, Quota>,
+    /// Sum of every role's unmet guarantee.
+    unmet_total: Resources,
     /// Sum of all agents' totals: the denominator of every share.
     total: Resources,
-    dirty: Dirty,
+    /// Shares were computed against an older total.
+    stale: bool,
+    dirty_all: bool,
+    dirty: Vec<Ix>,
     /// (expiry, framework, role, agent): lets `next_timeout` and expiry avoid scans.
-    expiries: BTreeSet<(Time, String, String, String)>,
+    expiries: BTreeSet<(Time, Ix, Ix, Ix)>,
     /// The latest time the owner passed in ([`Allocator::set_now`]): when dirt happened.
     now: Time,
     /// When every agent became dirty (a framework became eligible), if since the last pass.
@@ -137,13 +194,20 @@ impl Allocator {
     pub fn new(config: AllocatorConfig) -> Allocator {
         Allocator {
             config,
-            agents: BTreeMap::new(),
-            frameworks: HashMap::new(),
-            roles: BTreeMap::new(),
+            agents: Vec::new(),
+            agent_ix: HashMap::new(),
+            frameworks: Vec::new(),
+            framework_ix: HashMap::new(),
+            roles: Vec::new(),
+            role_ix: BTreeMap::new(),
+            role_order: BTreeSet::new(),
             weights: HashMap::new(),
             quotas: BTreeMap::new(),
+            unmet_total: Resources::new(),
             total: Resources::new(),
-            dirty: Dirty::Agents(BTreeSet::new()),
+            stale: false,
+            dirty_all: false,
+            dirty: Vec::new(),
             expiries: BTreeSet::new(),
             now: Time(0),
             all_dirty_since: None,
@@ -156,27 +220,185 @@ impl Allocator {
         self.now = now;
     }
 
-    fn mark_dirty(&mut self, agent: &str) {
-        let now = self.now;
-        if let Some(a) = self.agents.get_mut(agent) {
-            a.dirty_since.get_or_insert(now);
+    // -- interning --------------------------------------------------------------------------
+
+    fn agent_slot(&self, a: Ix) -> Option<&AgentSlot> {
+        self.agents.get(a as usize).and_then(Option::as_ref)
+    }
+
+    fn agent_mut(&mut self, a: Ix) -> Option<&mut AgentSlot> {
+        self.agents.get_mut(a as usize).and_then(Option::as_mut)
+    }
+
+    fn fw_slot(&self, f: Ix) -> Option<&FrameworkSlot> {
+        self.frameworks.get(f as usize).and_then(Option::as_ref)
+    }
+
+    fn fw_mut(&mut self, f: Ix) -> Option<&mut FrameworkSlot> {
+        self.frameworks.get_mut(f as usize).and_then(Option::as_mut)
+    }
+
+    fn role(&mut self, name: &str) -> Ix {
+        if let Some(&r) = self.role_ix.get(name) {
+            return r;
         }
-        if let Dirty::Agents(set) = &mut self.dirty {
-            set.insert(agent.to_string());
+        let r = self.roles.len() as Ix;
+        self.roles.push(RoleSlot {
+            name: Arc::from(name),
+            frameworks: BTreeSet::new(),
+            order: BTreeSet::new(),
+            allocated: Resources::new(),
+            key: None,
+            unmet: Resources::new(),
+            weight: self.weights.get(name).copied().unwrap_or(1.0),
+            has_quota: self.quotas.contains_key(name),
+        });
+        self.role_ix.insert(name.to_string(), r);
+        self.refresh_unmet(r);
+        r
+    }
+
+    /// The framework `id`, made as an inactive placeholder without roles if unknown (an agent
+    /// reported its tasks before it subscribed).
+    fn framework(&mut self, id: &str) -> Ix {
+        if let Some(&f) = self.framework_ix.get(id) {
+            return f;
+        }
+        let f = self.frameworks.len() as Ix;
+        self.frameworks.push(Some(FrameworkSlot {
+            id: Arc::from(id),
+            roles: BTreeSet::new(),
+            suppressed: BTreeSet::new(),
+            role_ix: Vec::new(),
+            suppressed_ix: Vec::new(),
+            active: false,
+            allocated: FxHashMap::default(),
+            filtered: FxHashSet::default(),
+        }));
+        self.framework_ix.insert(id.to_string(), f);
+        f
+    }
+
+    // -- dirt -------------------------------------------------------------------------------
+
+    fn mark_dirty(&mut self, a: Ix) {
+        let now = self.now;
+        let Some(slot) = self.agents.get_mut(a as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        slot.dirty_since.get_or_insert(now);
+        if !slot.dirty {
+            slot.dirty = true;
+            self.dirty.push(a);
         }
     }
 
     fn mark_all_dirty(&mut self) {
         self.all_dirty_since.get_or_insert(self.now);
-        self.dirty = Dirty::All;
+        self.dirty_all = true;
     }
 
     /// Whether an [`Allocator::allocate`] call could produce anything new.
     pub fn has_pending(&self) -> bool {
-        match &self.dirty {
-            Dirty::All => !self.agents.is_empty(),
-            Dirty::Agents(set) => !set.is_empty(),
+        (self.dirty_all && !self.agent_ix.is_empty()) || !self.dirty.is_empty()
+    }
+
+    // -- shares and orders ------------------------------------------------------------------
+
+    /// Dominant share of `alloc` in the cluster.
+    fn share(&self, alloc: &Resources) -> f64 {
+        let mut max = 0.0f64;
+        for (name, total) in self.total.scalars() {
+            if total.0 > 0 {
+                max = max.max(alloc.scalar(name).0 as f64 / total.0 as f64);
+            }
         }
+        max
+    }
+
+    fn below_guarantee(&self, r: Ix) -> bool {
+        let role = &self.roles[r as usize];
+        role.has_quota
+            && self.quotas.get(&*role.name).is_some_and(|q| {
+                !q.guarantees.is_empty() && !role.allocated.contains(&q.guarantees)
+            })
+    }
+
+    /// Puts role `r` where its share, weight and guarantee now place it (or takes it out of
+    /// the order when it has no frameworks).
+    fn refresh_role(&mut self, r: Ix) {
+        let new = if self.roles[r as usize].frameworks.is_empty() {
+            None
+        } else {
+            let role = &self.roles[r as usize];
+            let share = self.share(&role.allocated) / role.weight;
+            Some(RoleKey { satisfied: !self.below_guarantee(r), share: bits(share), ix: r })
+        };
+        let role = &mut self.roles[r as usize];
+        if role.key == new {
+            return;
+        }
+        if let Some(old) = role.key.take() {
+            self.role_order.remove(&old);
+        }
+        if let Some(k) = new {
+            self.role_order.insert(k);
+            role.key = Some(k);
+        }
+    }
+
+    /// Recomputes framework `f`'s share in role `r` and its place in the role's order.
+    fn refresh_fw(&mut self, f: Ix, r: Ix) {
+        let Some(fw) = self.fw_slot(f) else { return };
+        let (old, new) = match fw.allocated.get(&r) {
+            Some((res, old)) => (*old, self.share(res)),
+            None => (0.0, 0.0),
+        };
+        if bits(old) == bits(new) {
+            return;
+        }
+        if let Some(fw) = self.fw_mut(f)
+            && let Some(entry) = fw.allocated.get_mut(&r)
+        {
+            entry.1 = new;
+        }
+        let role = &mut self.roles[r as usize];
+        if role.order.remove(&FwKey { share: bits(old), ix: f }) {
+            role.order.insert(FwKey { share: bits(new), ix: f });
+        }
+    }
+
+    /// Recomputes every share against the current total (after agents came or went).
+    fn rebuild(&mut self) {
+        self.stale = false;
+        for f in 0..self.frameworks.len() as Ix {
+            let Some(fw) = self.fw_slot(f) else { continue };
+            let roles: Vec<Ix> = fw.allocated.keys().copied().collect();
+            for r in roles {
+                self.refresh_fw(f, r);
+            }
+        }
+        for r in 0..self.roles.len() as Ix {
+            self.refresh_role(r);
+        }
+    }
+
+    fn refresh_unmet(&mut self, r: Ix) {
+        let role = &self.roles[r as usize];
+        if !role.has_quota && role.unmet.is_empty() {
+            return;
+        }
+        let unmet = match self.quotas.get(&*role.name) {
+            Some(q) => q.guarantees.minus(&role.allocated),
+            None => Resources::new(),
+        };
+        if unmet == role.unmet {
+            return;
+        }
+        let role = &mut self.roles[r as usize];
+        self.unmet_total.subtract(&role.unmet);
+        self.unmet_total.add(&unmet);
+        role.unmet = unmet;
     }
 
     // -- agents -----------------------------------------------------------------------------
@@ -184,48 +406,53 @@ impl Allocator {
     /// Adds an agent with its total resources and what is already in use on it (tasks it
     /// reported when re-registering), as `(framework, role, resources)`.
     pub fn add_agent(&mut self, id: &str, total: Resources, used: &[(String, String, Resources)]) {
-        if self.agents.contains_key(id) {
+        if self.agent_ix.contains_key(id) {
             self.remove_agent(id);
         }
         self.total.add(&total.scalars_only());
-        self.agents.insert(
-            id.to_string(),
-            AgentSlot {
-                total,
-                allocated: Resources::new(),
-                allocations: HashMap::new(),
-                active: true,
-                dirty_since: None,
-            },
-        );
+        self.stale = true;
+        let a = self.agents.len() as Ix;
+        self.agents.push(Some(AgentSlot {
+            id: Arc::from(id),
+            total,
+            allocated: Resources::new(),
+            allocations: FxHashMap::default(),
+            filters: FxHashMap::default(),
+            active: true,
+            dirty: false,
+            dirty_since: None,
+        }));
+        self.agent_ix.insert(id.to_string(), a);
         for (fw, role, r) in used {
-            self.allocate_to(fw, id, role, r);
+            let (f, r_ix) = (self.framework(fw), self.role(role));
+            self.allocate_to(f, a, r_ix, r);
         }
-        self.mark_dirty(id);
+        self.mark_dirty(a);
     }
 
     /// Forgets an agent and everything allocated on it.
     pub fn remove_agent(&mut self, id: &str) {
-        let Some(slot) = self.agents.remove(id) else { return };
+        let Some(a) = self.agent_ix.remove(id) else { return };
+        let Some(slot) = self.agents[a as usize].take() else { return };
         self.total.subtract(&slot.total.scalars_only());
-        for ((fw, role), r) in slot.allocations {
-            let r = r.scalars_only();
-            if let Some(f) = self.frameworks.get_mut(&fw)
-                && let Some(a) = f.allocated.get_mut(&role)
+        self.stale = true;
+        for ((f, r), res) in slot.allocations {
+            let res = res.scalars_only();
+            if let Some(fw) = self.fw_mut(f)
+                && let Some(held) = fw.allocated.get_mut(&r)
             {
-                a.subtract(&r);
+                held.0.subtract(&res);
             }
-            if let Some(rs) = self.roles.get_mut(&role) {
-                rs.allocated.subtract(&r);
+            self.roles[r as usize].allocated.subtract(&res);
+            self.refresh_unmet(r);
+        }
+        for (f, r) in slot.filters.keys() {
+            if let Some(fw) = self.fw_mut(*f) {
+                fw.filtered.remove(&(a, *r));
             }
         }
-        for f in self.frameworks.values_mut() {
-            f.filters.retain(|(_, agent), _| agent != id);
-        }
-        self.expiries.retain(|(_, _, _, agent)| agent != id);
-        if let Dirty::Agents(set) = &mut self.dirty {
-            set.remove(id);
-        }
+        self.expiries.retain(|(_, _, _, agent)| *agent != a);
+        self.dirty.retain(|d| *d != a);
     }
 
     /// Applies a RESERVE, UNRESERVE, CREATE or DESTROY to an agent: to its total, and, when
@@ -238,51 +465,58 @@ impl Allocator {
         held: Option<(&str, &str)>,
         conv: &Conversion,
     ) -> Result<(), ResourceError> {
-        let Some(a) = self.agents.get_mut(agent) else {
+        let Some(&a) = self.agent_ix.get(agent) else {
             return Err(ResourceError::Invalid(format!("unknown agent {agent}")));
         };
-        let total = a.total.apply(conv)?;
-        let allocated = match held {
-            Some(_) => a.allocated.apply(conv)?,
+        let pair = held.map(|(fw, role)| (self.framework(fw), self.role(role)));
+        let Some(slot) = self.agent_mut(a) else {
+            return Err(ResourceError::Invalid(format!("unknown agent {agent}")));
+        };
+        let total = slot.total.apply(conv)?;
+        let allocated = match pair {
+            Some(_) => slot.allocated.apply(conv)?,
             None => {
-                let free = a.total.minus(&a.allocated);
+                let free = slot.total.minus(&slot.allocated);
                 free.apply(conv)?;
-                a.allocated.clone()
+                slot.allocated.clone()
             }
         };
-        let pair = match held {
-            Some((fw, role)) => {
-                let key = (fw.to_string(), role.to_string());
-                let converted = a.allocations.get(&key).cloned().unwrap_or_default().apply(conv)?;
-                Some((key, converted))
+        let converted = match pair {
+            Some(key) => {
+                Some((key, slot.allocations.get(&key).cloned().unwrap_or_default().apply(conv)?))
             }
             None => None,
         };
-        a.total = total;
-        a.allocated = allocated;
-        if let Some((key, converted)) = pair {
-            a.allocations.insert(key, converted);
+        slot.total = total;
+        slot.allocated = allocated;
+        if let Some((key, c)) = converted {
+            slot.allocations.insert(key, c);
         }
-        self.mark_dirty(agent);
+        self.mark_dirty(a);
         Ok(())
     }
 
     /// An agent's total and what is allocated on it.
     pub fn agent(&self, id: &str) -> Option<(&Resources, &Resources)> {
-        self.agents.get(id).map(|a| (&a.total, &a.allocated))
+        let a = self.agent_slot(*self.agent_ix.get(id)?)?;
+        Some((&a.total, &a.allocated))
     }
 
     /// Stops offering an agent (disconnected, draining) without forgetting its allocations.
     pub fn deactivate_agent(&mut self, id: &str) {
-        if let Some(a) = self.agents.get_mut(id) {
-            a.active = false;
+        if let Some(&a) = self.agent_ix.get(id)
+            && let Some(slot) = self.agent_mut(a)
+        {
+            slot.active = false;
         }
     }
 
     pub fn activate_agent(&mut self, id: &str) {
-        if let Some(a) = self.agents.get_mut(id) {
-            a.active = true;
-            self.mark_dirty(id);
+        if let Some(&a) = self.agent_ix.get(id)
+            && let Some(slot) = self.agent_mut(a)
+        {
+            slot.active = true;
+            self.mark_dirty(a);
         }
     }
 
@@ -295,7 +529,7 @@ impl Allocator {
         suppressed: &[String],
         active: bool,
     ) {
-        if self.frameworks.contains_key(id) {
+        if self.framework_ix.contains_key(id) {
             self.update_framework(id, roles, suppressed);
             if active {
                 self.activate_framework(id);
@@ -304,109 +538,162 @@ impl Allocator {
             }
             return;
         }
-        let slot = FrameworkSlot {
-            roles: roles.iter().cloned().collect(),
-            suppressed: suppressed.iter().cloned().collect(),
-            active,
-            allocated: HashMap::new(),
-            filters: HashMap::new(),
-        };
-        for role in &slot.roles {
-            self.roles.entry(role.clone()).or_default().frameworks.insert(id.to_string());
+        let f = self.framework(id);
+        if let Some(fw) = self.fw_mut(f) {
+            fw.active = active;
         }
-        self.frameworks.insert(id.to_string(), slot);
+        self.set_roles(f, roles, suppressed);
         self.mark_all_dirty();
+    }
+
+    /// Makes `roles` the framework's roles (joining and leaving role orders) and `suppressed`
+    /// its suppressed ones.
+    fn set_roles(&mut self, f: Ix, roles: &[String], suppressed: &[String]) {
+        let Some(fw) = self.fw_slot(f) else { return };
+        let old: Vec<Ix> = fw.role_ix.clone();
+        let id = fw.id.clone();
+        for r in old {
+            let share = self.fw_slot(f).and_then(|fw| fw.allocated.get(&r)).map_or(0.0, |e| e.1);
+            let role = &mut self.roles[r as usize];
+            role.frameworks.remove(&*id);
+            role.order.remove(&FwKey { share: bits(share), ix: f });
+            self.refresh_role(r);
+        }
+        let role_ix: Vec<Ix> = roles.iter().map(|r| self.role(r)).collect();
+        let suppressed_ix: Vec<Ix> = suppressed.iter().map(|r| self.role(r)).collect();
+        for &r in &role_ix {
+            let share = match self.fw_slot(f).and_then(|fw| fw.allocated.get(&r)) {
+                Some((res, _)) => self.share(res),
+                None => 0.0,
+            };
+            if let Some(fw) = self.fw_mut(f)
+                && let Some(e) = fw.allocated.get_mut(&r)
+            {
+                e.1 = share;
+            }
+            let role = &mut self.roles[r as usize];
+            role.frameworks.insert(id.to_string());
+            role.order.insert(FwKey { share: bits(share), ix: f });
+            self.refresh_role(r);
+        }
+        if let Some(fw) = self.fw_mut(f) {
+            fw.roles = roles.iter().cloned().collect();
+            fw.suppressed = suppressed.iter().cloned().collect();
+            fw.role_ix = role_ix;
+            fw.suppressed_ix = suppressed_ix;
+        }
     }
 
     /// Changes a framework's roles and suppressed roles (UPDATE_FRAMEWORK, re-subscription).
     pub fn update_framework(&mut self, id: &str, roles: &[String], suppressed: &[String]) {
-        let Some(f) = self.frameworks.get_mut(id) else { return };
-        for old in f.roles.iter() {
-            if let Some(r) = self.roles.get_mut(old) {
-                r.frameworks.remove(id);
-            }
-        }
-        f.roles = roles.iter().cloned().collect();
-        f.suppressed = suppressed.iter().cloned().collect();
-        for role in &f.roles {
-            self.roles.entry(role.clone()).or_default().frameworks.insert(id.to_string());
-        }
-        self.gc_roles();
+        let Some(&f) = self.framework_ix.get(id) else { return };
+        self.set_roles(f, roles, suppressed);
         self.mark_all_dirty();
     }
 
     /// Forgets a framework, releasing whatever it still holds.
     pub fn remove_framework(&mut self, id: &str) {
-        let Some(f) = self.frameworks.remove(id) else { return };
-        for role in &f.roles {
-            if let Some(r) = self.roles.get_mut(role) {
-                r.frameworks.remove(id);
-            }
-        }
+        let Some(&f) = self.framework_ix.get(id) else { return };
+        self.set_roles(f, &[], &[]);
+        self.framework_ix.remove(id);
+        let Some(fw) = self.frameworks[f as usize].take() else { return };
+        let held_roles: Vec<Ix> = fw.allocated.keys().copied().collect();
         let mut freed = Vec::new();
-        for (agent_id, agent) in self.agents.iter_mut() {
-            let keys: Vec<_> =
-                agent.allocations.keys().filter(|(fw, _)| fw == id).cloned().collect();
-            for key in keys {
-                if let Some(r) = agent.allocations.remove(&key) {
-                    agent.allocated.subtract(&r);
-                    if let Some(rs) = self.roles.get_mut(&key.1) {
-                        rs.allocated.subtract(&r.scalars_only());
-                    }
-                    freed.push(agent_id.clone());
+        for (a, slot) in self.agents.iter_mut().enumerate() {
+            let Some(slot) = slot else { continue };
+            for &r in &held_roles {
+                if let Some(res) = slot.allocations.remove(&(f, r)) {
+                    slot.allocated.subtract(&res);
+                    self.roles[r as usize].allocated.subtract(&res.scalars_only());
+                    freed.push(a as Ix);
                 }
             }
         }
-        for a in freed {
-            self.mark_dirty(&a);
+        for (a, r) in fw.filtered {
+            if let Some(slot) = self.agent_mut(a) {
+                slot.filters.remove(&(f, r));
+            }
         }
-        self.expiries.retain(|(_, fw, _, _)| fw != id);
-        self.gc_roles();
+        for r in held_roles {
+            self.refresh_unmet(r);
+            self.refresh_role(r);
+        }
+        for a in freed {
+            self.mark_dirty(a);
+        }
+        self.expiries.retain(|(_, fw, _, _)| *fw != f);
     }
 
     pub fn activate_framework(&mut self, id: &str) {
-        if let Some(f) = self.frameworks.get_mut(id) {
-            f.active = true;
+        if let Some(&f) = self.framework_ix.get(id)
+            && let Some(fw) = self.fw_mut(f)
+        {
+            fw.active = true;
             self.mark_all_dirty();
         }
     }
 
     pub fn deactivate_framework(&mut self, id: &str) {
-        if let Some(f) = self.frameworks.get_mut(id) {
-            f.active = false;
+        if let Some(&f) = self.framework_ix.get(id)
+            && let Some(fw) = self.fw_mut(f)
+        {
+            fw.active = false;
         }
     }
 
     /// Stops offers to the framework for `roles` (all of its roles when empty).
     pub fn suppress(&mut self, id: &str, roles: &[String]) {
-        if let Some(f) = self.frameworks.get_mut(id) {
-            if roles.is_empty() {
-                f.suppressed = f.roles.clone();
-            } else {
-                f.suppressed.extend(roles.iter().cloned());
+        let Some(&f) = self.framework_ix.get(id) else { return };
+        let add: Vec<(String, Ix)> = if roles.is_empty() {
+            let fw = self.fw_slot(f).map(|fw| fw.roles.iter().cloned().collect::<Vec<_>>());
+            fw.unwrap_or_default().into_iter().map(|r| (r.clone(), self.role(&r))).collect()
+        } else {
+            roles.iter().map(|r| (r.clone(), self.role(r))).collect()
+        };
+        if let Some(fw) = self.fw_mut(f) {
+            for (name, r) in add {
+                fw.suppressed.insert(name);
+                if !fw.suppressed_ix.contains(&r) {
+                    fw.suppressed_ix.push(r);
+                }
             }
         }
     }
 
     /// Resumes offers for `roles` (all when empty) and clears their decline filters.
     pub fn revive(&mut self, id: &str, roles: &[String]) {
-        let Some(f) = self.frameworks.get_mut(id) else { return };
+        let Some(&f) = self.framework_ix.get(id) else { return };
         let all = roles.is_empty();
+        let role_ix: Vec<Ix> = roles.iter().filter_map(|r| self.role_ix.get(r).copied()).collect();
+        let Some(fw) = self.fw_mut(f) else { return };
         if all {
-            f.suppressed.clear();
+            fw.suppressed.clear();
+            fw.suppressed_ix.clear();
         } else {
-            for r in roles {
-                f.suppressed.remove(r);
+            fw.suppressed.retain(|r| !roles.contains(r));
+            fw.suppressed_ix.retain(|r| !role_ix.contains(r));
+        }
+        let cleared: Vec<(Ix, Ix)> =
+            fw.filtered.iter().filter(|(_, r)| all || role_ix.contains(r)).copied().collect();
+        for pair in &cleared {
+            fw.filtered.remove(pair);
+        }
+        for (a, r) in cleared {
+            if let Some(slot) = self.agent_mut(a) {
+                slot.filters.remove(&(f, r));
             }
         }
-        f.filters.retain(|(role, _), _| !(all || roles.contains(role)));
-        self.expiries.retain(|(_, fw, role, _)| !(fw == id && (all || roles.contains(role))));
+        self.expiries.retain(|(_, fw, role, _)| !(*fw == f && (all || role_ix.contains(role))));
         self.mark_all_dirty();
     }
 
     pub fn set_weight(&mut self, role: &str, weight: f64) {
         if weight > 0.0 && weight.is_finite() {
             self.weights.insert(role.to_string(), weight);
+            if let Some(&r) = self.role_ix.get(role) {
+                self.roles[r as usize].weight = weight;
+                self.refresh_role(r);
+            }
             self.mark_all_dirty();
         }
     }
@@ -422,6 +709,10 @@ impl Allocator {
         } else {
             self.quotas.insert(role.to_string(), quota);
         }
+        let r = self.role(role);
+        self.roles[r as usize].has_quota = self.quotas.contains_key(role);
+        self.refresh_unmet(r);
+        self.refresh_role(r);
         self.mark_all_dirty();
     }
 
@@ -431,51 +722,35 @@ impl Allocator {
 
     /// What a role holds (offered and used), by name.
     pub fn role_allocated(&self, role: &str) -> Resources {
-        self.roles.get(role).map(|r| r.allocated.clone()).unwrap_or_default()
+        self.role_ix
+            .get(role)
+            .map(|&r| self.roles[r as usize].allocated.clone())
+            .unwrap_or_default()
     }
 
     /// Unreserved resources free on active agents, by name: what guarantees are held from.
     fn free_unreserved(&self) -> Resources {
         let mut free = Resources::new();
-        for a in self.agents.values().filter(|a| a.active) {
+        for a in self.agents.iter().flatten().filter(|a| a.active) {
             free.add(&a.total.minus(&a.allocated).unreserved().scalars_only());
         }
         free
     }
 
-    /// What guarantees hold back from `role`: for every other role with a guarantee, what it
-    /// still lacks of it.
-    fn headroom_for_others(&self, role: &str) -> Resources {
-        let mut need = Resources::new();
-        for (r, q) in &self.quotas {
-            if r == role {
-                continue;
-            }
-            let held = self.role_allocated(r);
-            need.add(&q.guarantees.minus(&held));
-        }
-        need
-    }
-
-    /// Whether `role` holds less than its guarantee of some resource.
-    fn below_guarantee(&self, role: &str) -> bool {
-        self.quotas.get(role).is_some_and(|q| !self.role_allocated(role).contains(&q.guarantees))
-    }
-
-    /// `offer` cut to `role`'s limits and to what other roles' guarantees leave (`free`: the
-    /// cluster's free unreserved resources, when some guarantee exists).
-    fn fit_quota(&self, role: &str, offer: Resources, free: Option<&Resources>) -> Resources {
+    /// `offer` cut to role `r`'s limits and to what other roles' unmet guarantees leave
+    /// (`free`: the cluster's free unreserved resources, when some guarantee exists).
+    fn fit_quota(&self, r: Ix, offer: Resources, free: Option<&Resources>) -> Resources {
         let mut offer = offer;
-        if let Some(q) = self.quotas.get(role) {
-            let held = self.role_allocated(role);
+        let role = &self.roles[r as usize];
+        if let Some(q) = self.quotas.get(&*role.name) {
             for (key, v) in q.limits.iter() {
                 let Value::Scalar(limit) = v else { continue };
-                let room = Scalar((limit.0 - held.scalar(&key.name).0).max(0));
+                let room = Scalar((limit.0 - role.allocated.scalar(&key.name).0).max(0));
                 offer = cap(offer, &key.name, room, false);
             }
         }
         if let Some(free) = free {
-            let need = self.headroom_for_others(role);
+            let need = self.unmet_total.minus(&role.unmet);
             for (name, want) in need.scalars() {
                 let spare = Scalar((free.scalar(name).0 - want.0).max(0));
                 offer = cap(offer, name, spare, true);
@@ -484,22 +759,21 @@ impl Allocator {
         offer
     }
 
-    fn gc_roles(&mut self) {
-        self.roles.retain(|_, r| !r.frameworks.is_empty() || !r.allocated.is_empty());
-    }
-
     // -- resources --------------------------------------------------------------------------
 
-    fn allocate_to(&mut self, fw: &str, agent: &str, role: &str, r: &Resources) {
-        if let Some(a) = self.agents.get_mut(agent) {
-            a.allocated.add(r);
-            a.allocations.entry((fw.to_string(), role.to_string())).or_default().add(r);
+    fn allocate_to(&mut self, f: Ix, a: Ix, r: Ix, res: &Resources) {
+        if let Some(slot) = self.agent_mut(a) {
+            slot.allocated.add(res);
+            slot.allocations.entry((f, r)).or_default().add(res);
         }
-        let scalars = r.scalars_only();
-        if let Some(f) = self.frameworks.get_mut(fw) {
-            f.allocated.entry(role.to_string()).or_default().add(&scalars);
+        let scalars = res.scalars_only();
+        if let Some(fw) = self.fw_mut(f) {
+            fw.allocated.entry(r).or_insert_with(|| (Resources::new(), 0.0)).0.add(&scalars);
         }
-        self.roles.entry(role.to_string()).or_default().allocated.add(&scalars);
+        self.refresh_fw(f, r);
+        self.roles[r as usize].allocated.add(&scalars);
+        self.refresh_unmet(r);
+        self.refresh_role(r);
     }
 
     /// Gives back resources that `framework` held on `agent` for `role` (an offer declined or
@@ -515,47 +789,52 @@ impl Allocator {
         refuse: Option<Duration>,
     ) {
         self.now = self.now.max(now);
-        if let Some(a) = self.agents.get_mut(agent) {
-            a.allocated.subtract(resources);
-            let key = (framework.to_string(), role.to_string());
-            if let Some(held) = a.allocations.get_mut(&key) {
+        let (Some(&f), Some(&r)) = (self.framework_ix.get(framework), self.role_ix.get(role))
+        else {
+            // Nothing of an unknown framework or role is held; still, the agent may offer.
+            if let Some(&a) = self.agent_ix.get(agent) {
+                if let Some(slot) = self.agent_mut(a) {
+                    slot.allocated.subtract(resources);
+                }
+                self.mark_dirty(a);
+            }
+            return;
+        };
+        let a = self.agent_ix.get(agent).copied();
+        if let Some(slot) = a.and_then(|a| self.agent_mut(a)) {
+            slot.allocated.subtract(resources);
+            if let Some(held) = slot.allocations.get_mut(&(f, r)) {
                 held.subtract(resources);
                 if held.is_empty() {
-                    a.allocations.remove(&key);
+                    slot.allocations.remove(&(f, r));
                 }
             }
         }
         let scalars = resources.scalars_only();
-        if let Some(f) = self.frameworks.get_mut(framework) {
-            if let Some(held) = f.allocated.get_mut(role) {
-                held.subtract(&scalars);
+        if let Some(fw) = self.fw_mut(f)
+            && let Some(held) = fw.allocated.get_mut(&r)
+        {
+            held.0.subtract(&scalars);
+        }
+        self.refresh_fw(f, r);
+        self.roles[r as usize].allocated.subtract(&scalars);
+        self.refresh_unmet(r);
+        self.refresh_role(r);
+        let Some(a) = a else { return };
+        if let Some(d) = refuse.filter(|d| !d.is_zero() && !resources.is_empty()) {
+            let expires = now + d.min(MAX_REFUSE);
+            let old = self.agent_mut(a).and_then(|slot| {
+                slot.filters.insert((f, r), Filter { refused: resources.clone(), expires })
+            });
+            if let Some(old) = old {
+                self.expiries.remove(&(old.expires, f, r, a));
             }
-            if let Some(d) = refuse.filter(|d| !d.is_zero() && !resources.is_empty()) {
-                let expires = now + d.min(MAX_REFUSE);
-                let key = (role.to_string(), agent.to_string());
-                if let Some(old) =
-                    f.filters.insert(key, Filter { refused: resources.clone(), expires })
-                {
-                    self.expiries.remove(&(
-                        old.expires,
-                        framework.to_string(),
-                        role.to_string(),
-                        agent.to_string(),
-                    ));
-                }
-                self.expiries.insert((
-                    expires,
-                    framework.to_string(),
-                    role.to_string(),
-                    agent.to_string(),
-                ));
+            self.expiries.insert((expires, f, r, a));
+            if let Some(fw) = self.fw_mut(f) {
+                fw.filtered.insert((a, r));
             }
         }
-        if let Some(r) = self.roles.get_mut(role) {
-            r.allocated.subtract(&scalars);
-        }
-        self.gc_roles();
-        self.mark_dirty(agent);
+        self.mark_dirty(a);
     }
 
     /// The earliest filter expiry, if any.
@@ -569,11 +848,14 @@ impl Allocator {
             if first.0 > now {
                 break;
             }
-            let Some((_, fw, role, agent)) = self.expiries.pop_first() else { break };
-            if let Some(f) = self.frameworks.get_mut(&fw) {
-                f.filters.remove(&(role, agent.clone()));
+            let Some((_, f, r, a)) = self.expiries.pop_first() else { break };
+            if let Some(slot) = self.agent_mut(a) {
+                slot.filters.remove(&(f, r));
             }
-            self.mark_dirty(&agent);
+            if let Some(fw) = self.fw_mut(f) {
+                fw.filtered.remove(&(a, r));
+            }
+            self.mark_dirty(a);
         }
     }
 
@@ -585,48 +867,43 @@ impl Allocator {
             .any(|min| min.scalars().all(|(name, want)| r.scalar(name) >= want))
     }
 
-    /// Dominant share of `alloc` in the cluster.
-    fn share(&self, alloc: &Resources) -> f64 {
-        let mut max = 0.0f64;
-        for (name, total) in self.total.scalars() {
-            if total.0 > 0 {
-                max = max.max(alloc.scalar(name).0 as f64 / total.0 as f64);
-            }
-        }
-        max
-    }
-
     /// Runs allocation over the dirty agents and returns the decisions, already recorded as
     /// allocated.
     pub fn allocate(&mut self, now: Time) -> Vec<Allocation> {
         self.now = now;
         self.expire_filters(now);
+        if self.stale {
+            self.rebuild();
+        }
         let all_since = self.all_dirty_since.take();
-        let agents: Vec<String> =
-            match std::mem::replace(&mut self.dirty, Dirty::Agents(BTreeSet::new())) {
-                Dirty::All => self.agents.keys().cloned().collect(),
-                Dirty::Agents(set) => set.into_iter().collect(),
-            };
+        let mut agents: Vec<Ix> = if std::mem::take(&mut self.dirty_all) {
+            self.dirty.clear();
+            (0..self.agents.len() as Ix).filter(|&a| self.agent_slot(a).is_some()).collect()
+        } else {
+            let mut d = std::mem::take(&mut self.dirty);
+            d.sort_unstable();
+            d
+        };
+        agents.dedup();
         let mut out = Vec::new();
         let mut free =
             self.quotas.values().any(|q| !q.guarantees.is_empty()).then(|| self.free_unreserved());
-        for agent_id in agents {
+        for a in agents {
+            let Some(slot) = self.agent_mut(a) else { continue };
+            slot.dirty = false;
+            let since = match (slot.dirty_since.take(), all_since) {
+                (Some(x), Some(y)) => x.min(y),
+                (x, y) => x.or(y).unwrap_or(now),
+            };
+            if !slot.active {
+                continue;
+            }
             // One agent can go to several roles: what is reserved for one role is offered
             // only to it, and what the first pick leaves (others' reservations, quota cuts)
             // goes on.
-            let Some(agent) = self.agents.get_mut(&agent_id) else { continue };
-            let since = match (agent.dirty_since.take(), all_since) {
-                (Some(a), Some(b)) => a.min(b),
-                (a, b) => a.or(b).unwrap_or(now),
-            };
-            if !agent.active {
-                continue;
-            }
-            let mut available = agent.total.minus(&agent.allocated);
+            let mut available = slot.total.minus(&slot.allocated);
             while self.allocatable(&available) {
-                let Some((fw, role, cut)) = self.pick(&agent_id, &available, free.as_ref()) else {
-                    break;
-                };
+                let Some((f, r, cut)) = self.pick(a, &available, free.as_ref()) else { break };
                 // `None`: all of it (the common case, without a copy).
                 let offer = match cut {
                     None => std::mem::take(&mut available),
@@ -635,14 +912,17 @@ impl Allocator {
                         part
                     }
                 };
-                self.allocate_to(&fw, &agent_id, &role, &offer);
+                self.allocate_to(f, a, r, &offer);
                 if let Some(free) = free.as_mut() {
                     free.subtract(&offer.unreserved().scalars_only());
                 }
+                let (Some(fw), Some(agent)) = (self.fw_slot(f), self.agent_slot(a)) else {
+                    continue;
+                };
                 out.push(Allocation {
-                    framework: fw,
-                    agent: agent_id.clone(),
-                    role,
+                    framework: fw.id.to_string(),
+                    agent: agent.id.to_string(),
+                    role: self.roles[r as usize].name.to_string(),
                     resources: offer,
                     since,
                 });
@@ -651,66 +931,49 @@ impl Allocator {
         out
     }
 
-    /// The (framework, role) that gets what it may be offered of `available` on `agent`
+    /// The (framework, role) that gets what it may be offered of `available` on agent `a`
     /// (unreserved and reserved for the role, within the role's quota), by two-level DRF;
     /// with that part of `available`, or `None` for all of it.
     fn pick(
         &self,
-        agent: &str,
+        a: Ix,
         available: &Resources,
         free: Option<&Resources>,
-    ) -> Option<(String, String, Option<Resources>)> {
-        // Roles below their guarantee first (Mesos' quota stage), then by weighted share.
-        let mut roles: Vec<(bool, f64, &String)> = self
-            .roles
-            .iter()
-            .filter(|(_, r)| !r.frameworks.is_empty())
-            .map(|(name, r)| {
-                (!self.below_guarantee(name), self.share(&r.allocated) / self.weight(name), name)
-            })
-            .collect();
-        roles.sort_by(|a, b| {
-            a.0.cmp(&b.0).then_with(|| a.1.total_cmp(&b.1)).then_with(|| a.2.cmp(b.2))
-        });
+    ) -> Option<(Ix, Ix, Option<Resources>)> {
+        let agent = self.agent_slot(a)?;
         // The common case (nothing reserved, no quota) offers `available` as it is, without a
         // copy per role.
         let any_reserved = available.iter().any(|(k, _)| k.reservation.is_some());
-        for (_, _, role) in roles {
+        for rk in &self.role_order {
+            let r = rk.ix;
+            let role = &self.roles[r as usize];
             let mut offerable = if any_reserved {
-                Cow::Owned(available.offerable_to(role))
+                Cow::Owned(available.offerable_to(&role.name))
             } else {
                 Cow::Borrowed(available)
             };
-            if free.is_some() || self.quotas.contains_key(role.as_str()) {
-                offerable = Cow::Owned(self.fit_quota(role, offerable.into_owned(), free));
+            if free.is_some() || role.has_quota {
+                offerable = Cow::Owned(self.fit_quota(r, offerable.into_owned(), free));
             }
             if !self.allocatable(&offerable) {
                 continue;
             }
-            let mut fws: Vec<(f64, &String)> = self.roles[role]
-                .frameworks
-                .iter()
-                .filter_map(|id| {
-                    let f = self.frameworks.get(id)?;
-                    if !f.active || f.suppressed.contains(role) {
-                        return None;
-                    }
-                    if let Some(filter) = f.filters.get(&(role.clone(), agent.to_string()))
-                        && filter.refused.contains(&offerable)
-                    {
-                        return None;
-                    }
-                    let held = f.allocated.get(role).map(|r| self.share(r)).unwrap_or(0.0);
-                    Some((held, id))
-                })
-                .collect();
-            fws.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
-            if let Some((_, fw)) = fws.first() {
+            for fk in &role.order {
+                let Some(fw) = self.fw_slot(fk.ix) else { continue };
+                if !fw.active || fw.suppressed_ix.contains(&r) {
+                    continue;
+                }
+                if !agent.filters.is_empty()
+                    && let Some(filter) = agent.filters.get(&(fk.ix, r))
+                    && filter.refused.contains(&offerable)
+                {
+                    continue;
+                }
                 let part = match offerable {
                     Cow::Borrowed(_) => None,
-                    Cow::Owned(r) => Some(r),
+                    Cow::Owned(res) => Some(res),
                 };
-                return Some(((*fw).clone(), role.clone(), part));
+                return Some((fk.ix, r, part));
             }
         }
         None
@@ -720,14 +983,14 @@ impl Allocator {
 
     /// What is allocated (offered or used) on an agent.
     pub fn agent_allocated(&self, agent: &str) -> Option<&Resources> {
-        self.agents.get(agent).map(|a| &a.allocated)
+        self.agent_slot(*self.agent_ix.get(agent)?).map(|a| &a.allocated)
     }
 
     /// A framework's allocation across all agents and roles (scalars only).
     pub fn framework_allocated(&self, framework: &str) -> Resources {
         let mut r = Resources::new();
-        if let Some(f) = self.frameworks.get(framework) {
-            for a in f.allocated.values() {
+        if let Some(f) = self.framework_ix.get(framework).and_then(|&f| self.fw_slot(f)) {
+            for (a, _) in f.allocated.values() {
                 r.add(a);
             }
         }
@@ -739,9 +1002,14 @@ impl Allocator {
         self.share(&self.framework_allocated(framework))
     }
 
-    /// Roles known to the allocator with (weight, allocation, frameworks).
+    /// Roles known to the allocator with (weight, allocation, frameworks): those with a
+    /// framework or an allocation.
     pub fn roles(&self) -> impl Iterator<Item = (&str, f64, &Resources, &BTreeSet<String>)> {
-        self.roles.iter().map(|(n, r)| (n.as_str(), self.weight(n), &r.allocated, &r.frameworks))
+        self.role_ix
+            .iter()
+            .map(|(n, &r)| (n, &self.roles[r as usize]))
+            .filter(|(_, r)| !r.frameworks.is_empty() || !r.allocated.is_empty())
+            .map(|(n, r)| (n.as_str(), self.weight(n), &r.allocated, &r.frameworks))
     }
 
     pub fn total(&self) -> &Resources {
@@ -750,38 +1018,68 @@ impl Allocator {
 
     /// Checks the bookkeeping invariants; returns a description of the first violation.
     pub fn check_invariants(&self) -> Result<(), String> {
-        let mut by_fw: HashMap<(String, String), Resources> = HashMap::new();
-        for (id, a) in &self.agents {
+        let mut by_fw: FxHashMap<(Ix, Ix), Resources> = FxHashMap::default();
+        for a in self.agents.iter().flatten() {
             if !a.total.contains(&a.allocated) {
-                return Err(format!("agent {id} over-committed: {} > {}", a.allocated, a.total));
+                return Err(format!(
+                    "agent {} over-committed: {} > {}",
+                    a.id, a.allocated, a.total
+                ));
             }
             let mut sum = Resources::new();
             for (k, r) in &a.allocations {
                 sum.add(r);
-                by_fw.entry(k.clone()).or_default().add(&r.scalars_only());
+                by_fw.entry(*k).or_default().add(&r.scalars_only());
             }
             if sum != a.allocated && !(sum.is_empty() && a.allocated.is_empty()) {
                 return Err(format!(
-                    "agent {id}: allocations sum {sum} != allocated {}",
-                    a.allocated
+                    "agent {}: allocations sum {sum} != allocated {}",
+                    a.id, a.allocated
                 ));
             }
         }
-        for ((fw, role), r) in &by_fw {
-            let held = self.frameworks.get(fw).and_then(|f| f.allocated.get(role));
-            if held.is_some_and(|h| !h.contains(r) || !r.contains(h)) {
-                return Err(format!("framework {fw} role {role}: {r} on agents vs {held:?}"));
+        for ((f, r), res) in &by_fw {
+            let held = self.fw_slot(*f).and_then(|fw| fw.allocated.get(r)).map(|e| &e.0);
+            if held.is_some_and(|h| !h.contains(res) || !res.contains(h)) {
+                return Err(format!("framework {f} role {r}: {res} on agents vs {held:?}"));
             }
         }
         let mut total_alloc = Scalar::ZERO;
-        for a in self.agents.values() {
+        for a in self.agents.iter().flatten() {
             total_alloc.0 += a.allocated.scalar("cpus").0;
         }
-        let role_alloc: i64 = self.roles.values().map(|r| r.allocated.scalar("cpus").0).sum();
+        let role_alloc: i64 = self.roles.iter().map(|r| r.allocated.scalar("cpus").0).sum();
         if total_alloc.0 != role_alloc {
             return Err(format!(
                 "cpus allocated on agents {total_alloc:?} != in roles {role_alloc}"
             ));
+        }
+        // The orders hold exactly the members, at their current shares.
+        for (r, role) in self.roles.iter().enumerate() {
+            if role.order.len() != role.frameworks.len() {
+                return Err(format!("role {}: order and members differ", role.name));
+            }
+            if !self.stale {
+                for k in &role.order {
+                    let want = self
+                        .fw_slot(k.ix)
+                        .and_then(|fw| fw.allocated.get(&(r as Ix)))
+                        .map_or(0, |(res, _)| bits(self.share(res)));
+                    if k.share != want {
+                        return Err(format!(
+                            "role {}: stale share for framework {}",
+                            role.name, k.ix
+                        ));
+                    }
+                }
+            }
+        }
+        let mut unmet = Resources::new();
+        for role in &self.roles {
+            unmet.add(&role.unmet);
+        }
+        if unmet != self.unmet_total && !(unmet.is_empty() && self.unmet_total.is_empty()) {
+            return Err(format!("unmet guarantees {unmet} != total {}", self.unmet_total));
         }
         Ok(())
     }
@@ -1081,12 +1379,12 @@ mod tests {
                         _ => a.activate_agent(&agent),
                     }
                     for got in a.allocate(now) {
-                        prop_assert!(a.frameworks.contains_key(&got.framework));
+                        prop_assert!(a.framework_ix.contains_key(&got.framework));
                         held.push(got);
                     }
                     prop_assert!(a.check_invariants().is_ok(), "{:?}", a.check_invariants());
                     // What the test believes is held equals what the allocator says.
-                    for agent in a.agents.keys() {
+                    for agent in a.agent_ix.keys() {
                         let mut sum = Resources::new();
                         for h in held.iter().filter(|h| &h.agent == agent) {
                             sum.add(&h.resources);

@@ -128,7 +128,9 @@ impl Stages {
 /// What each stage measures, for help texts.
 pub fn stage_help(stage: &str) -> &'static str {
     match stage {
-        "offered" => "Resources available (freed, added, or newly eligible) until an offer of them was sent",
+        "offered" => {
+            "Resources available (freed, added, or newly eligible) until an offer of them was sent"
+        }
         "accepted" => "Offer sent until the framework accepted it",
         "declined" => "Offer sent until the framework declined it",
         "running" => "ACCEPT until the task's first TASK_RUNNING",

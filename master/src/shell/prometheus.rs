@@ -16,8 +16,8 @@ use crate::core::{AgentState, Master};
 
 /// Bucket bounds (seconds) of every latency histogram.
 const BOUNDS: [f64; 20] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
 ];
 
 /// One histogram ready to encode: per-bucket (not cumulative) counts, the last for +Inf.
@@ -63,10 +63,18 @@ impl Snapshot {
             ("corral_master_offers_accepted", "Offers accepted", c.offers_accepted),
             ("corral_master_offers_rescinded", "Offers rescinded", c.offers_rescinded),
             ("corral_master_tasks_launched", "Tasks launched", c.tasks_launched),
-            ("corral_master_status_updates", "Valid status updates received", c.valid_status_updates),
+            (
+                "corral_master_status_updates",
+                "Valid status updates received",
+                c.valid_status_updates,
+            ),
             ("corral_master_allocation_runs", "Allocation passes", c.allocation_runs),
             ("corral_master_agent_registrations", "Agent registrations", c.agent_registrations),
-            ("corral_master_agent_reregistrations", "Agent re-registrations", c.agent_reregistrations),
+            (
+                "corral_master_agent_reregistrations",
+                "Agent re-registrations",
+                c.agent_reregistrations,
+            ),
         ];
         let agents = m.agents();
         let connected = agents.values().filter(|a| a.state == AgentState::Connected).count();
@@ -74,9 +82,17 @@ impl Snapshot {
         let gauges = vec![
             ("corral_master_agents_connected", "Agents connected", connected as f64),
             ("corral_master_agents", "Agents known (any state)", agents.len() as f64),
-            ("corral_master_frameworks", "Frameworks (subscribed or recovered)", m.frameworks().len() as f64),
+            (
+                "corral_master_frameworks",
+                "Frameworks (subscribed or recovered)",
+                m.frameworks().len() as f64,
+            ),
             ("corral_master_tasks", "Live tasks", tasks as f64),
-            ("corral_master_outstanding_offers", "Offers sent and not yet answered", m.offers().len() as f64),
+            (
+                "corral_master_outstanding_offers",
+                "Offers sent and not yet answered",
+                m.offers().len() as f64,
+            ),
         ];
         let mut offer_path = Vec::new();
         for f in m.frameworks().values() {
@@ -130,12 +146,8 @@ impl prometheus_client::collector::Collector for Snapshot {
                     continue;
                 }
                 let labels = [("framework_id", fw.as_str()), ("role", role.as_str())];
-                fam.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
-                    h.sum,
-                    h.count,
-                    &h.buckets,
-                    None,
-                )?;
+                fam.encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(h.sum, h.count, &h.buckets, None)?;
             }
         }
         Ok(())

@@ -583,9 +583,14 @@ fn timer(o: &mut Map<String, Value>, name: &str, l: &crate::core::offer_path::La
     let ms = |d: std::time::Duration| json!(d.as_secs_f64() * 1e3);
     o.insert(name.to_string(), ms(l.quantile(0.5)));
     o.insert(format!("{name}/count"), json!(l.count() as f64));
-    for (suffix, q) in
-        [("p50", 0.5), ("p90", 0.9), ("p95", 0.95), ("p99", 0.99), ("p999", 0.999), ("p9999", 0.9999)]
-    {
+    for (suffix, q) in [
+        ("p50", 0.5),
+        ("p90", 0.9),
+        ("p95", 0.95),
+        ("p99", 0.99),
+        ("p999", 0.999),
+        ("p9999", 0.9999),
+    ] {
         o.insert(format!("{name}/{suffix}"), ms(l.quantile(q)));
     }
     o.insert(format!("{name}/max"), ms(l.max()));
