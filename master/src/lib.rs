@@ -10,4 +10,5 @@
 pub mod core;
 pub mod shell;
 
+pub use shell::clock::mono_ns;
 pub use shell::{MasterArgs, logging, run};

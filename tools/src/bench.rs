@@ -33,6 +33,13 @@ pub struct BenchArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum BenchCommand {
+    /// Mesos' DeclineOffers shape: every framework declines every offer (in-process cluster).
+    Decline(crate::bench_sim::SimArgs),
+    /// Short tasks at the highest rate: placements per second (in-process cluster).
+    Churn(crate::bench_sim::SimArgs),
+    /// The Mesos paper's 50,000 agents and 200 frameworks, then a fresh framework's 10 s task
+    /// (in-process cluster).
+    Paper(crate::bench_sim::SimArgs),
     /// Task launch latency and throughput, side by side with crun.
     Launch(LaunchArgs),
 }
@@ -85,6 +92,15 @@ fn summary(samples: &mut [Duration]) -> String {
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     match args.what {
         BenchCommand::Launch(a) => launch(a).await,
+        BenchCommand::Decline(a) => {
+            tokio::task::spawn_blocking(move || crate::bench_sim::decline(a)).await?
+        }
+        BenchCommand::Churn(a) => {
+            tokio::task::spawn_blocking(move || crate::bench_sim::churn(a)).await?
+        }
+        BenchCommand::Paper(a) => {
+            tokio::task::spawn_blocking(move || crate::bench_sim::paper(a)).await?
+        }
     }
 }
 

@@ -139,12 +139,13 @@ pub enum Command {
     SendAgent { conn: ConnId, msg: MasterMessage },
     /// Close an agent connection, saying why in the log.
     CloseAgent { conn: ConnId, reason: String },
-    /// Write an event to a framework's stream.
-    SendEvent { stream: StreamId, event: Event },
+    /// Write an event to a framework's stream (boxed: commands queue by the thousand, and
+    /// an event is a kilobyte).
+    SendEvent { stream: StreamId, event: Box<Event> },
     /// End a framework's stream (after any events queued before it).
     CloseStream { stream: StreamId },
     /// Write an operator API event to one operator stream, or (`None`) to every one.
-    OperatorEvent { stream: Option<StreamId>, event: v1::master::Event },
+    OperatorEvent { stream: Option<StreamId>, event: Box<v1::master::Event> },
     /// Durably store the registry ([`Master::take_registry`]) before performing any later
     /// command.
     Persist,
@@ -578,7 +579,8 @@ impl Master {
 
     fn send_event(&mut self, framework_id: &str, event: Event) {
         if let Some(stream) = self.frameworks.get(framework_id).and_then(|f| f.stream.as_ref()) {
-            self.commands.push_back(Command::SendEvent { stream: stream.id, event });
+            self.commands
+                .push_back(Command::SendEvent { stream: stream.id, event: Box::new(event) });
         }
     }
 

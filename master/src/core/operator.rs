@@ -866,10 +866,13 @@ impl Master {
                 heartbeat_interval_seconds: Some(self.config.heartbeat_interval.as_secs_f64()),
             })
         });
-        self.commands.push_back(Command::OperatorEvent { stream: Some(stream), event: subscribed });
         self.commands.push_back(Command::OperatorEvent {
             stream: Some(stream),
-            event: operator_heartbeat(),
+            event: Box::new(subscribed),
+        });
+        self.commands.push_back(Command::OperatorEvent {
+            stream: Some(stream),
+            event: Box::new(operator_heartbeat()),
         });
     }
 
@@ -879,7 +882,7 @@ impl Master {
             return;
         }
         let event = build(self);
-        self.commands.push_back(Command::OperatorEvent { stream: None, event });
+        self.commands.push_back(Command::OperatorEvent { stream: None, event: Box::new(event) });
     }
 
     /// AGENT_ADDED (also sent, as Mesos does, when an agent's activation or drain changes).

@@ -230,7 +230,8 @@ impl Master {
         let mut info = sub.framework_info;
         let fail = |this: &mut Master, msg: String| {
             tracing::info!(%msg, "refusing framework subscription");
-            this.commands.push_back(Command::SendEvent { stream, event: error_event(&msg) });
+            this.commands
+                .push_back(Command::SendEvent { stream, event: Box::new(error_event(&msg)) });
             this.commands.push_back(Command::CloseStream { stream });
         };
         if let Err(e) = validate_framework_info(&info) {
@@ -267,7 +268,7 @@ impl Master {
                     self.streams.remove(&old.id);
                     self.commands.push_back(Command::SendEvent {
                         stream: old.id,
-                        event: error_event("Framework failed over"),
+                        event: Box::new(error_event("Framework failed over")),
                     });
                     self.commands.push_back(Command::CloseStream { stream: old.id });
                 }
@@ -310,8 +311,8 @@ impl Master {
             }),
             ..Default::default()
         };
-        self.commands.push_back(Command::SendEvent { stream, event: subscribed });
-        self.commands.push_back(Command::SendEvent { stream, event: heartbeat_event() });
+        self.commands.push_back(Command::SendEvent { stream, event: Box::new(subscribed) });
+        self.commands.push_back(Command::SendEvent { stream, event: Box::new(heartbeat_event()) });
         self.emit_framework(&id, added);
     }
 

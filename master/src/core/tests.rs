@@ -99,7 +99,7 @@ fn drain_keep(m: &mut Master) -> Vec<Command> {
 fn events_on(cmds: &[Command], stream: StreamId) -> Vec<Event> {
     cmds.iter()
         .filter_map(|c| match c {
-            Command::SendEvent { stream: s, event } if *s == stream => Some(event.clone()),
+            Command::SendEvent { stream: s, event } if *s == stream => Some((**event).clone()),
             _ => None,
         })
         .collect()
@@ -817,7 +817,7 @@ fn op_call(t: op::call::Type, fill: impl FnOnce(&mut op::Call)) -> op::Call {
 fn op_events(cmds: &[Command]) -> Vec<op::Event> {
     cmds.iter()
         .filter_map(|c| match c {
-            Command::OperatorEvent { event, .. } => Some(event.clone()),
+            Command::OperatorEvent { event, .. } => Some((**event).clone()),
             _ => None,
         })
         .collect()

@@ -362,7 +362,7 @@ impl Actor {
                 }
                 Command::SendEvent { stream, event } => {
                     let Some(sink) = self.streams.get(&stream) else { continue };
-                    let record = sink.encoding.record(&event);
+                    let record = sink.encoding.record(&*event);
                     if sink.tx.try_send(record).is_err() {
                         // A slow or stuck subscriber never blocks the master: its stream is
                         // ended and the framework is treated as disconnected.

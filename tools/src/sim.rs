@@ -1,0 +1,517 @@
+//! An in-process cluster for `corral bench`: the real master core ([`Master`], the same state
+//! machine `corral master` runs) driven directly by simulated agents and frameworks, with no
+//! QUIC or HTTP in between. What it measures is the master's own work: allocation, offers,
+//! launches, status updates and acknowledgements.
+//!
+//! Time is real time, except that when neither the master nor any simulated party has
+//! anything to do, the clock jumps to the next timer (a task ending, a ping, a filter
+//! expiring). So a 30 s task costs no waiting, while every microsecond the master spends
+//! computing shows up in the latencies exactly as it would on a live master.
+//!
+//! Simulated agents register, answer pings, report TASK_RUNNING as soon as a task arrives
+//! and TASK_FINISHED when its duration has passed; simulated frameworks subscribe, then per
+//! [`Behaviour`] decline every offer or fill it with tasks, and acknowledge every update.
+#![allow(clippy::disallowed_methods)] // the simulation's clock is real time
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use corral_master::core::{Command, Master, MasterConfig, Time};
+use corral_wire::mesos::v1::scheduler::{Call, Event, call, event};
+use corral_wire::mesos::v1::{self, TaskState};
+use corral_wire::proto::{
+    AgentMessage, IsolationReport, MasterMessage, PROTOCOL_VERSION, Registration, StatusUpdate,
+};
+use corral_wire::resources::Resources;
+
+/// What a simulated framework does with offers.
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// Declines every offer, filtering the agent for `refuse`.
+    DeclineAll { refuse: Duration },
+    /// Fills every offer with tasks of `task` resources running `duration` (± `jitter`,
+    /// uniform), until `limit` tasks were launched (if set); the master's default filter
+    /// (5 s) applies to what an offer had left.
+    Launch { task: Resources, duration: Duration, jitter: Duration, limit: Option<u64> },
+}
+
+/// Counters a scenario reads.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    pub offers: u64,
+    pub declines: u64,
+    pub launched: u64,
+    pub running: u64,
+    pub finished: u64,
+    pub updates: u64,
+}
+
+#[derive(Debug)]
+struct SimFramework {
+    uuid: String,
+    id: Option<String>,
+    role: String,
+    behaviour: Behaviour,
+    counts: Counts,
+    /// When a task of this framework finished, by task id (for one-task probes).
+    finished_at: HashMap<String, Time>,
+}
+
+#[derive(Debug)]
+struct SimAgent {
+    id: Option<String>,
+    next_uuid: u64,
+}
+
+/// Something that happens later (virtual time).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Later {
+    /// A task's process ends.
+    Finish { conn: u64, framework_id: String, task_id: String },
+}
+
+/// An input for the master, queued in arrival order.
+#[derive(Debug)]
+enum Input {
+    Agent(u64, AgentMessage),
+    Call(u64, Call),
+}
+
+/// The simulation: the master core and everyone around it.
+#[derive(Debug)]
+pub struct Sim {
+    pub master: Master,
+    start: Instant,
+    epoch_ns: u64,
+    skipped: Duration,
+    agents: Vec<SimAgent>,
+    frameworks: Vec<SimFramework>,
+    by_stream: HashMap<u64, usize>,
+    later: BinaryHeap<Reverse<(Time, Later)>>,
+    inbox: VecDeque<Input>,
+    next_task: u64,
+    rng: u64,
+    /// What went wrong, if the master refused or closed something (the run stops).
+    pub failure: Option<String>,
+}
+
+impl Sim {
+    pub fn new(config: MasterConfig) -> Sim {
+        let epoch_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64;
+        let identity = corral_master::core::Identity {
+            id: uuid::Uuid::new_v4().to_string(),
+            hostname: "sim".into(),
+            ip: std::net::Ipv4Addr::LOCALHOST,
+            port: 5050,
+            version: env!("CARGO_PKG_VERSION").into(),
+        };
+        let master = Master::new(config, identity, Time(epoch_ns));
+        Sim {
+            master,
+            start: Instant::now(),
+            epoch_ns,
+            skipped: Duration::ZERO,
+            agents: Vec::new(),
+            frameworks: Vec::new(),
+            by_stream: HashMap::new(),
+            later: BinaryHeap::new(),
+            inbox: VecDeque::new(),
+            next_task: 0,
+            rng: 0x9e37_79b9_7f4a_7c15,
+            failure: None,
+        }
+    }
+
+    /// The simulation's clock: real time plus the idle stretches it skipped.
+    pub fn now(&self) -> Time {
+        Time(self.epoch_ns + (self.start.elapsed() + self.skipped).as_nanos() as u64)
+    }
+
+    /// Virtual seconds since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed() + self.skipped
+    }
+
+    /// How much idle time was skipped.
+    pub fn skipped(&self) -> Duration {
+        self.skipped
+    }
+
+    /// Adds `n` agents offering `resources` each; they register at once.
+    pub fn add_agents(&mut self, n: usize, resources: &Resources) {
+        for _ in 0..n {
+            let conn = self.agents.len() as u64 + 1;
+            self.agents.push(SimAgent { id: None, next_uuid: 0 });
+            let reg = Registration {
+                protocol_version: PROTOCOL_VERSION,
+                agent_id: None,
+                hostname: format!("sim-{conn}"),
+                http_address: "127.0.0.1".into(),
+                http_port: 5051,
+                resources: resources.clone(),
+                attributes: Vec::new(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                boot_id: "sim".into(),
+                tasks: Vec::new(),
+                isolation: IsolationReport::default(),
+            };
+            self.inbox.push_back(Input::Agent(conn, AgentMessage::Register(reg)));
+        }
+    }
+
+    /// Subscribes a framework in `role`; returns its index.
+    pub fn add_framework(&mut self, name: &str, role: &str, behaviour: Behaviour) -> usize {
+        let i = self.frameworks.len();
+        let stream = 1_000_000 + i as u64;
+        let uuid = format!("sim-stream-{i}");
+        self.frameworks.push(SimFramework {
+            uuid: uuid.clone(),
+            id: None,
+            role: role.into(),
+            behaviour,
+            counts: Counts::default(),
+            finished_at: HashMap::new(),
+        });
+        self.by_stream.insert(stream, i);
+        let info = v1::FrameworkInfo {
+            user: "root".into(),
+            name: name.into(),
+            roles: vec![role.to_string()],
+            capabilities: vec![v1::framework_info::Capability {
+                r#type: Some(v1::framework_info::capability::Type::MultiRole as i32),
+            }],
+            ..Default::default()
+        };
+        let now = self.now();
+        self.master.subscribe(
+            now,
+            stream,
+            uuid,
+            call::Subscribe { framework_info: info, ..Default::default() },
+        );
+        i
+    }
+
+    pub fn counts(&self, framework: usize) -> &Counts {
+        &self.frameworks[framework].counts
+    }
+
+    /// Every framework's counts added up.
+    pub fn total_counts(&self) -> Counts {
+        let mut t = Counts::default();
+        for f in &self.frameworks {
+            t.offers += f.counts.offers;
+            t.declines += f.counts.declines;
+            t.launched += f.counts.launched;
+            t.running += f.counts.running;
+            t.finished += f.counts.finished;
+            t.updates += f.counts.updates;
+        }
+        t
+    }
+
+    /// When framework `f`'s task `task` finished, if it did.
+    pub fn finished_at(&self, f: usize, task: &str) -> Option<Time> {
+        self.frameworks[f].finished_at.get(task).copied()
+    }
+
+    /// When framework `f`'s first task finished, if one did.
+    pub fn first_finished(&self, f: usize) -> Option<Time> {
+        self.frameworks[f].finished_at.values().min().copied()
+    }
+
+    /// Runs until `until` (virtual) or until `done` says so, checked between steps.
+    pub fn run(&mut self, until: Duration, mut done: impl FnMut(&Sim) -> bool) {
+        loop {
+            // Everything that is due now, until quiet.
+            loop {
+                let mut busy = false;
+                while let Some(cmd) = self.master.poll_command() {
+                    busy = true;
+                    self.command(cmd);
+                }
+                // As the master's actor does: up to 257 queued inputs, then its commands (so
+                // bursts coalesce into one allocation pass, and no more).
+                for _ in 0..257 {
+                    let Some(input) = self.inbox.pop_front() else { break };
+                    busy = true;
+                    self.deliver(input);
+                }
+                let now = self.now();
+                while self.later.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+                    let Some(Reverse((_, l))) = self.later.pop() else { break };
+                    busy = true;
+                    self.happen(l);
+                }
+                if self.master.next_timeout().is_some_and(|t| t <= now) {
+                    busy = true;
+                    self.master.handle_timeout(now);
+                }
+                if !busy {
+                    break;
+                }
+                if self.failure.is_some() || done(self) || self.elapsed() >= until {
+                    return;
+                }
+            }
+            if self.failure.is_some() || done(self) || self.elapsed() >= until {
+                return;
+            }
+            // Idle: jump to the next thing that will happen.
+            let next = [self.later.peek().map(|Reverse((t, _))| *t), self.master.next_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let now = self.now();
+            match next {
+                Some(t) if t > now => self.skipped += Duration::from_nanos(t.0 - now.0),
+                Some(_) => {}
+                None => {
+                    // Nothing will ever happen again.
+                    let left = until.saturating_sub(self.elapsed());
+                    self.skipped += left;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, input: Input) {
+        let now = self.now();
+        match input {
+            Input::Agent(conn, msg) => self.master.agent_message(now, conn, msg),
+            Input::Call(stream, call) => {
+                let uuid = self.frameworks[self.by_stream[&stream]].uuid.clone();
+                if let Err(e) = self.master.call(now, Some(&uuid), call) {
+                    self.failure.get_or_insert(format!("the master refused a call: {e:?}"));
+                }
+            }
+        }
+    }
+
+    fn happen(&mut self, l: Later) {
+        match l {
+            Later::Finish { conn, framework_id, task_id } => {
+                let m = self.update(conn, &framework_id, &task_id, TaskState::TaskFinished);
+                self.inbox.push_back(Input::Agent(conn, m));
+            }
+        }
+    }
+
+    fn update(
+        &mut self,
+        conn: u64,
+        framework_id: &str,
+        task_id: &str,
+        state: TaskState,
+    ) -> AgentMessage {
+        let agent = &mut self.agents[(conn - 1) as usize];
+        agent.next_uuid += 1;
+        let mut uuid = [0u8; 16];
+        uuid[..8].copy_from_slice(&conn.to_le_bytes());
+        uuid[8..].copy_from_slice(&agent.next_uuid.to_le_bytes());
+        AgentMessage::StatusUpdate(StatusUpdate {
+            framework_id: framework_id.into(),
+            task_id: task_id.into(),
+            state: state as i32,
+            reason: None,
+            source: v1::task_status::Source::Executor as i32,
+            message: String::new(),
+            uuid,
+            timestamp_ns: self.now().0,
+            container_id: None,
+        })
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::SendAgent { conn, msg } => self.to_agent(conn, msg),
+            Command::SendEvent { stream, event } => self.to_framework(stream, *event),
+            Command::CloseAgent { conn, reason } => {
+                self.failure.get_or_insert(format!("the master closed agent {conn}: {reason}"));
+            }
+            Command::CloseStream { stream } => {
+                self.failure.get_or_insert(format!("the master closed framework stream {stream}"));
+            }
+            Command::OperatorEvent { .. } => {}
+            Command::Persist => {
+                let _ = self.master.take_registry();
+            }
+        }
+    }
+
+    fn to_agent(&mut self, conn: u64, msg: MasterMessage) {
+        match msg {
+            MasterMessage::Registered { agent_id, .. } => {
+                self.agents[(conn - 1) as usize].id = Some(agent_id)
+            }
+            MasterMessage::Ping { seq } => {
+                self.inbox.push_back(Input::Agent(conn, AgentMessage::Pong { seq }))
+            }
+            MasterMessage::RunTask(run) => {
+                let (fid, tid) = (run.framework.id.clone(), run.task.task_id.clone());
+                let m = self.update(conn, &fid, &tid, TaskState::TaskRunning);
+                self.inbox.push_back(Input::Agent(conn, m));
+                let f = self.frameworks.iter().position(|f| f.id.as_deref() == Some(&fid));
+                let duration = match f.map(|f| &self.frameworks[f].behaviour) {
+                    Some(Behaviour::Launch { duration, jitter, .. }) => {
+                        let (d, j) = (*duration, *jitter);
+                        d.saturating_sub(j)
+                            + Duration::from_nanos(self.random(2 * j.as_nanos() as u64 + 1))
+                    }
+                    _ => Duration::ZERO,
+                };
+                let at = Time(self.now().0 + duration.as_nanos() as u64);
+                self.later
+                    .push(Reverse((at, Later::Finish { conn, framework_id: fid, task_id: tid })));
+            }
+            MasterMessage::KillTask { framework_id, task_id, .. } => {
+                let m = self.update(conn, &framework_id, &task_id, TaskState::TaskKilled);
+                self.inbox.push_back(Input::Agent(conn, m));
+            }
+            _ => {}
+        }
+    }
+
+    fn random(&mut self, bound: u64) -> u64 {
+        // xorshift64*: plenty for jitter.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let x = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        if bound == 0 { 0 } else { x % bound }
+    }
+
+    fn to_framework(&mut self, stream: u64, event: Event) {
+        let Some(&i) = self.by_stream.get(&stream) else { return };
+        match event.r#type() {
+            event::Type::Subscribed => {
+                self.frameworks[i].id = event.subscribed.map(|s| s.framework_id.value);
+            }
+            event::Type::Offers => {
+                for offer in event.offers.map(|o| o.offers).unwrap_or_default() {
+                    self.frameworks[i].counts.offers += 1;
+                    let call = self.answer(i, offer);
+                    self.inbox.push_back(Input::Call(stream, call));
+                }
+            }
+            event::Type::Update => {
+                let Some(status) = event.update.map(|u| u.status) else { return };
+                let f = &mut self.frameworks[i];
+                f.counts.updates += 1;
+                match status.state() {
+                    TaskState::TaskRunning => f.counts.running += 1,
+                    TaskState::TaskFinished => {
+                        f.counts.finished += 1;
+                        let now = Time(
+                            self.epoch_ns + (self.start.elapsed() + self.skipped).as_nanos() as u64,
+                        );
+                        f.finished_at.insert(status.task_id.value.clone(), now);
+                    }
+                    _ => {}
+                }
+                if let (Some(uuid), Some(agent_id)) = (status.uuid.clone(), status.agent_id.clone())
+                {
+                    let call = Call {
+                        framework_id: f.id.as_ref().map(|id| v1::FrameworkId { value: id.clone() }),
+                        r#type: Some(call::Type::Acknowledge as i32),
+                        acknowledge: Some(call::Acknowledge {
+                            agent_id,
+                            task_id: status.task_id,
+                            uuid,
+                        }),
+                        ..Default::default()
+                    };
+                    self.inbox.push_back(Input::Call(stream, call));
+                }
+            }
+            event::Type::Error => {
+                self.failure.get_or_insert(format!("a framework got ERROR: {:?}", event.error));
+            }
+            _ => {}
+        }
+    }
+
+    /// The framework's answer to one offer: DECLINE or ACCEPT with tasks.
+    fn answer(&mut self, i: usize, offer: v1::Offer) -> Call {
+        let f = &self.frameworks[i];
+        let framework_id = f.id.as_ref().map(|id| v1::FrameworkId { value: id.clone() });
+        let (task, limit) = match &f.behaviour {
+            Behaviour::DeclineAll { refuse } => {
+                let refuse = refuse.as_secs_f64();
+                self.frameworks[i].counts.declines += 1;
+                return Call {
+                    framework_id,
+                    r#type: Some(call::Type::Decline as i32),
+                    decline: Some(call::Decline {
+                        offer_ids: vec![offer.id],
+                        filters: Some(v1::Filters { refuse_seconds: Some(refuse) }),
+                    }),
+                    ..Default::default()
+                };
+            }
+            Behaviour::Launch { task, limit, .. } => (task.clone(), *limit),
+        };
+        let mut left = Resources::from_mesos(&offer.resources).unwrap_or_default();
+        let role = f.role.clone();
+        let mut tasks = Vec::new();
+        let launched = f.counts.launched;
+        while left.contains(&task) && limit.is_none_or(|l| launched + (tasks.len() as u64) < l) {
+            left.subtract(&task);
+            self.next_task += 1;
+            let id = format!("t{}", self.next_task);
+            tasks.push(v1::TaskInfo {
+                name: id.clone(),
+                task_id: v1::TaskId { value: id },
+                agent_id: offer.agent_id.clone(),
+                resources: task.to_mesos(Some(&role)),
+                command: Some(v1::CommandInfo { value: Some("true".into()), ..Default::default() }),
+                ..Default::default()
+            });
+        }
+        self.frameworks[i].counts.launched += tasks.len() as u64;
+        if tasks.is_empty() {
+            self.frameworks[i].counts.declines += 1;
+        }
+        Call {
+            framework_id,
+            r#type: Some(call::Type::Accept as i32),
+            accept: Some(call::Accept {
+                offer_ids: vec![offer.id],
+                operations: vec![v1::offer::Operation {
+                    r#type: Some(v1::offer::operation::Type::Launch as i32),
+                    launch: Some(v1::offer::operation::Launch { task_infos: tasks }),
+                    ..Default::default()
+                }],
+                filters: None,
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// This process's resident set and CPU time (user + system).
+pub fn process_usage() -> (u64, Duration) {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    let cpu = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let t = |tv: nix::sys::time::TimeVal| {
+                Duration::new(tv.tv_sec() as u64, tv.tv_usec() as u32 * 1000)
+            };
+            t(u.user_time()) + t(u.system_time())
+        })
+        .unwrap_or_default();
+    (rss, cpu)
+}
