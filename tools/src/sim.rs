@@ -329,8 +329,8 @@ impl Sim {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::SendAgent { conn, msg } => self.to_agent(conn, msg),
-            Command::SendEvent { stream, event } => self.to_framework(stream, *event),
+            Command::SendAgent { conn, msg } => self.agent_receives(conn, msg),
+            Command::SendEvent { stream, event } => self.framework_receives(stream, *event),
             Command::CloseAgent { conn, reason } => {
                 self.failure.get_or_insert(format!("the master closed agent {conn}: {reason}"));
             }
@@ -344,7 +344,7 @@ impl Sim {
         }
     }
 
-    fn to_agent(&mut self, conn: u64, msg: MasterMessage) {
+    fn agent_receives(&mut self, conn: u64, msg: MasterMessage) {
         match msg {
             MasterMessage::Registered { agent_id, .. } => {
                 self.agents[(conn - 1) as usize].id = Some(agent_id)
@@ -386,7 +386,7 @@ impl Sim {
         if bound == 0 { 0 } else { x % bound }
     }
 
-    fn to_framework(&mut self, stream: u64, event: Event) {
+    fn framework_receives(&mut self, stream: u64, event: Event) {
         let Some(&i) = self.by_stream.get(&stream) else { return };
         match event.r#type() {
             event::Type::Subscribed => {
