@@ -3,6 +3,8 @@
 //! Each prints a progress line while it runs and then its figures: offer latency inside the
 //! master, allocation run time, placements per second, the master's RSS and CPU.
 
+#![allow(clippy::disallowed_methods)] // a benchmark times itself
+
 use std::process::ExitCode;
 use std::time::Duration;
 
