@@ -552,7 +552,7 @@ impl Core {
             MasterMessage::Ping { seq } => {
                 self.commands.push_back(Command::Send(AgentMessage::Pong { seq }));
             }
-            MasterMessage::RunTask(run) => self.run_task(now, run),
+            MasterMessage::RunTask(run) => self.run_task(now, *run),
             MasterMessage::KillTask { framework_id, task_id, grace_period_ns } => {
                 let key = TaskKey { framework_id, task_id };
                 let live = self.entries.get(&key).and_then(|e| e.task.as_ref());
@@ -1028,7 +1028,7 @@ mod tests {
 
         /// Runs a task and returns its container id.
         fn run(&mut self, task_id: &str) -> String {
-            let cmds = self.master(MasterMessage::RunTask(run_task("fw", task_id)));
+            let cmds = self.master(MasterMessage::RunTask(Box::new(run_task("fw", task_id))));
             match &cmds[..] {
                 [Command::Launch(l)] => {
                     assert_eq!(l.agent_id, "agent-1");
@@ -1377,9 +1377,9 @@ mod tests {
         let mut h = Harness::new();
         h.register();
         h.run("t1");
-        assert!(h.master(MasterMessage::RunTask(run_task("fw", "t1"))).is_empty());
+        assert!(h.master(MasterMessage::RunTask(Box::new(run_task("fw", "t1")))).is_empty());
         // The same task id in another framework is another task.
-        let cmds = h.master(MasterMessage::RunTask(run_task("fw2", "t1")));
+        let cmds = h.master(MasterMessage::RunTask(Box::new(run_task("fw2", "t1"))));
         assert!(matches!(&cmds[..], [Command::Launch(_)]));
     }
 
@@ -1387,7 +1387,7 @@ mod tests {
     fn invalid_ids_are_refused_with_task_error() {
         let mut h = Harness::new();
         h.register();
-        let u = one_update(&h.master(MasterMessage::RunTask(run_task("fw", "../../etc"))));
+        let u = one_update(&h.master(MasterMessage::RunTask(Box::new(run_task("fw", "../../etc")))));
         assert_eq!(state(&u), TaskState::TaskError);
         assert_eq!(u.reason, Some(Reason::TaskInvalid as i32));
         assert_eq!(h.ack(&u), vec![], "no container to forget");
@@ -1430,7 +1430,7 @@ mod tests {
         h.register();
         let mut run = run_task("fw", "t1");
         run.task.kill_grace_period_ns = Some(5_000_000_000);
-        let cmds = h.master(MasterMessage::RunTask(run));
+        let cmds = h.master(MasterMessage::RunTask(Box::new(run)));
         let [Command::Launch(l)] = &cmds[..] else { panic!() };
         let cid = l.container_id.clone();
         let kill = |t: &str| MasterMessage::KillTask {
@@ -1518,7 +1518,7 @@ mod tests {
         h.handle(Event::Exited { container_id: a, status: ExitStatus::Signal(9) });
         h.handle(Event::LaunchFailed { container_id: b, message: "killed".into() });
         assert_eq!(h.core.live_containers(), 0);
-        let u = one_update(&h.master(MasterMessage::RunTask(run_task("fw", "late"))));
+        let u = one_update(&h.master(MasterMessage::RunTask(Box::new(run_task("fw", "late")))));
         assert_eq!(state(&u), TaskState::TaskLost);
     }
 
@@ -1545,7 +1545,7 @@ mod tests {
         for id in ids {
             let mut run = run_task("fw", id);
             run.task.group = Some(group.clone());
-            match &h.master(MasterMessage::RunTask(run))[..] {
+            match &h.master(MasterMessage::RunTask(Box::new(run)))[..] {
                 [Command::Launch(l)] => launches.push(l.clone()),
                 other => panic!("{other:?}"),
             }

@@ -306,7 +306,7 @@ fn shell_task(task_id: &str, command: &str) -> MasterMessage {
 }
 
 fn task(task_id: &str, command: CommandSpec) -> MasterMessage {
-    MasterMessage::RunTask(RunTask {
+    MasterMessage::RunTask(Box::new(RunTask {
         framework: framework(),
         task: TaskSpec {
             task_id: task_id.into(),
@@ -319,7 +319,7 @@ fn task(task_id: &str, command: CommandSpec) -> MasterMessage {
             executor: None,
             data: None,
         },
-    })
+    }))
 }
 
 fn kill(task_id: &str, grace: Duration) -> MasterMessage {

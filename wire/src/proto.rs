@@ -159,7 +159,8 @@ pub enum MasterMessage {
     Ping {
         seq: u64,
     },
-    RunTask(RunTask),
+    /// Boxed: the largest message by far, and queues hold many smaller ones.
+    RunTask(Box<RunTask>),
     KillTask {
         framework_id: String,
         task_id: String,

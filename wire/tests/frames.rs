@@ -165,10 +165,10 @@ fn master_message() -> impl Strategy<Value = MasterMessage> {
         }),
         text().prop_map(|reason| MasterMessage::Refused { reason }),
         (text(), text(), text(), task_spec()).prop_map(|(id, name, user, task)| {
-            MasterMessage::RunTask(RunTask {
+            MasterMessage::RunTask(Box::new(RunTask {
                 framework: FrameworkRef { id, name, user, role: "*".into() },
                 task,
-            })
+            }))
         }),
         (text(), text(), proptest::option::of(any::<u64>())).prop_map(
             |(framework_id, task_id, grace_period_ns)| {

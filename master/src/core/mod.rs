@@ -250,7 +250,7 @@ pub struct Task {
     /// uuid of the latest update forwarded (acknowledging it acknowledges that state).
     pub latest_uuid: Option<Vec<u8>>,
     pub statuses: Vec<v1::TaskStatus>,
-    pub info: Option<v1::TaskInfo>,
+    pub info: Option<Box<v1::TaskInfo>>,
     pub container_id: Option<String>,
     pub user: Option<String>,
     /// The task group's executor (LAUNCH_GROUP); command tasks have none.
@@ -275,7 +275,7 @@ pub struct Executor {
 impl Task {
     /// `mesos.v1.Task`, the master's view used by the operator API and /state.
     pub fn to_mesos(&self) -> v1::Task {
-        let info = self.info.clone().unwrap_or_default();
+        let info = self.info.as_deref().cloned().unwrap_or_default();
         v1::Task {
             name: self.name.clone(),
             task_id: v1::TaskId::from_str(&self.id),

@@ -777,7 +777,7 @@ impl Master {
             latest_uuid: None,
             statuses: Vec::new(),
             user: cmd.user.clone().or_else(|| Some(fw.info.user.clone())),
-            info: Some(task),
+            info: Some(Box::new(task)),
             container_id: None,
             executor_id,
             usage: None,
@@ -789,7 +789,7 @@ impl Master {
             a.tasks.insert((fid.to_string(), run.task.task_id.clone()));
         }
         self.emit_task_added(fid, &run.task.task_id);
-        self.send_agent(agent, MasterMessage::RunTask(run));
+        self.send_agent(agent, MasterMessage::RunTask(Box::new(run)));
     }
 
     /// LAUNCH_GROUP: the whole group is validated (executor and every task, against what

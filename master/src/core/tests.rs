@@ -1408,7 +1408,7 @@ fn a_task_group_launches_whole_under_its_executor_which_is_released_with_the_las
     let runs: Vec<RunTask> = to_agent(&cmds, 1)
         .into_iter()
         .filter_map(|msg| match msg {
-            MasterMessage::RunTask(r) => Some(r),
+            MasterMessage::RunTask(r) => Some(*r),
             _ => None,
         })
         .collect();
@@ -1661,3 +1661,4 @@ fn offer_path_stages_are_timed_per_framework_and_role() {
     assert!(m.frameworks[&fid].offer_path["*"].offered.max().as_secs_f64() >= 0.49);
     assert_eq!(m.allocation_run.count(), m.metrics.allocation_runs);
 }
+
