@@ -1387,7 +1387,8 @@ mod tests {
     fn invalid_ids_are_refused_with_task_error() {
         let mut h = Harness::new();
         h.register();
-        let u = one_update(&h.master(MasterMessage::RunTask(Box::new(run_task("fw", "../../etc")))));
+        let u =
+            one_update(&h.master(MasterMessage::RunTask(Box::new(run_task("fw", "../../etc")))));
         assert_eq!(state(&u), TaskState::TaskError);
         assert_eq!(u.reason, Some(Reason::TaskInvalid as i32));
         assert_eq!(h.ack(&u), vec![], "no container to forget");

@@ -75,7 +75,7 @@ enum Later {
 #[derive(Debug)]
 enum Input {
     Agent(u64, AgentMessage),
-    Call(u64, Call),
+    Call(u64, Box<Call>),
 }
 
 /// The simulation: the master core and everyone around it.
@@ -94,6 +94,9 @@ pub struct Sim {
     rng: u64,
     /// What went wrong, if the master refused or closed something (the run stops).
     pub failure: Option<String>,
+    /// Wall time spent inside the master core (its calls and its command queue), as opposed
+    /// to the simulation's own work.
+    pub master_time: Duration,
 }
 
 impl Sim {
@@ -123,6 +126,7 @@ impl Sim {
             next_task: 0,
             rng: 0x9e37_79b9_7f4a_7c15,
             failure: None,
+            master_time: Duration::ZERO,
         }
     }
 
@@ -230,7 +234,11 @@ impl Sim {
             // Everything that is due now, until quiet.
             loop {
                 let mut busy = false;
-                while let Some(cmd) = self.master.poll_command() {
+                loop {
+                    let t0 = Instant::now();
+                    let cmd = self.master.poll_command();
+                    self.master_time += t0.elapsed();
+                    let Some(cmd) = cmd else { break };
                     busy = true;
                     self.command(cmd);
                 }
@@ -249,7 +257,9 @@ impl Sim {
                 }
                 if self.master.next_timeout().is_some_and(|t| t <= now) {
                     busy = true;
+                    let t0 = Instant::now();
                     self.master.handle_timeout(now);
+                    self.master_time += t0.elapsed();
                 }
                 if !busy {
                     break;
@@ -282,15 +292,17 @@ impl Sim {
 
     fn deliver(&mut self, input: Input) {
         let now = self.now();
+        let t0 = Instant::now();
         match input {
             Input::Agent(conn, msg) => self.master.agent_message(now, conn, msg),
             Input::Call(stream, call) => {
-                let uuid = self.frameworks[self.by_stream[&stream]].uuid.clone();
-                if let Err(e) = self.master.call(now, Some(&uuid), call) {
+                let uuid = &self.frameworks[self.by_stream[&stream]].uuid;
+                if let Err(e) = self.master.call(now, Some(uuid), *call) {
                     self.failure.get_or_insert(format!("the master refused a call: {e:?}"));
                 }
             }
         }
+        self.master_time += t0.elapsed();
     }
 
     fn happen(&mut self, l: Later) {
@@ -396,7 +408,7 @@ impl Sim {
                 for offer in event.offers.map(|o| o.offers).unwrap_or_default() {
                     self.frameworks[i].counts.offers += 1;
                     let call = self.answer(i, offer);
-                    self.inbox.push_back(Input::Call(stream, call));
+                    self.inbox.push_back(Input::Call(stream, Box::new(call)));
                 }
             }
             event::Type::Update => {
@@ -426,7 +438,7 @@ impl Sim {
                         }),
                         ..Default::default()
                     };
-                    self.inbox.push_back(Input::Call(stream, call));
+                    self.inbox.push_back(Input::Call(stream, Box::new(call)));
                 }
             }
             event::Type::Error => {

@@ -1661,4 +1661,3 @@ fn offer_path_stages_are_timed_per_framework_and_role() {
     assert!(m.frameworks[&fid].offer_path["*"].offered.max().as_secs_f64() >= 0.49);
     assert_eq!(m.allocation_run.count(), m.metrics.allocation_runs);
 }
-
