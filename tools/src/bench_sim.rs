@@ -195,6 +195,7 @@ pub fn churn(args: SimArgs) -> anyhow::Result<ExitCode> {
                 task: task.clone(),
                 duration: Duration::ZERO,
                 jitter: Duration::ZERO,
+                per_offer: None,
                 limit: None,
             },
         );
@@ -232,7 +233,7 @@ pub fn paper(args: SimArgs) -> anyhow::Result<ExitCode> {
     let (na, nf) = (args.agents.unwrap_or(50_000), args.frameworks.unwrap_or(200));
     let warm = args.duration.unwrap_or(Duration::from_secs(60));
     println!(
-        "corral bench paper: {na} agents (cpus:8;mem:16384) × {nf} frameworks running tasks of cpus:1;mem:1024 for 30 ± 10 s; after {:.0} s a fresh framework runs one 10 s task",
+        "corral bench paper: {na} agents (cpus:8;mem:4096) × {nf} frameworks each launching one task (cpus:1;mem:512) per offer, tasks of 30 ± 10 s (uniform); after {:.0} s a fresh framework runs one 10 s task",
         warm.as_secs_f64()
     );
     println!("{TRANSPORT}");
@@ -240,7 +241,7 @@ pub fn paper(args: SimArgs) -> anyhow::Result<ExitCode> {
     let master0 = Duration::ZERO;
     let wall = std::time::Instant::now();
     let mut sim = Sim::new(config());
-    let task = Resources::parse("cpus:1;mem:1024")?;
+    let task = Resources::parse("cpus:1;mem:512")?;
     for f in 0..nf {
         sim.add_framework(
             &format!("paper-{f}"),
@@ -249,11 +250,12 @@ pub fn paper(args: SimArgs) -> anyhow::Result<ExitCode> {
                 task: task.clone(),
                 duration: Duration::from_secs(30),
                 jitter: Duration::from_secs(10),
+                per_offer: Some(1),
                 limit: None,
             },
         );
     }
-    sim.add_agents(na, &Resources::parse("cpus:8;mem:16384")?);
+    sim.add_agents(na, &Resources::parse("cpus:8;mem:4096")?);
     run_with_progress(&mut sim, warm, "paper", |_| false);
     check(&sim)?;
     let running = sim.master.frameworks().values().map(|f| f.tasks.len()).sum::<usize>();
@@ -265,6 +267,7 @@ pub fn paper(args: SimArgs) -> anyhow::Result<ExitCode> {
             task: task.clone(),
             duration: Duration::from_secs(10),
             jitter: Duration::ZERO,
+            per_offer: Some(1),
             limit: Some(1),
         },
     );

@@ -30,10 +30,16 @@ use corral_wire::resources::Resources;
 pub enum Behaviour {
     /// Declines every offer, filtering the agent for `refuse`.
     DeclineAll { refuse: Duration },
-    /// Fills every offer with tasks of `task` resources running `duration` (± `jitter`,
-    /// uniform), until `limit` tasks were launched (if set); the master's default filter
-    /// (5 s) applies to what an offer had left.
-    Launch { task: Resources, duration: Duration, jitter: Duration, limit: Option<u64> },
+    /// Launches tasks of `task` resources running `duration` (± `jitter`, uniform): as many
+    /// as fit in each offer, or at most `per_offer`; until `limit` tasks were launched (if
+    /// set). The master's default filter (5 s) applies to what an offer had left.
+    Launch {
+        task: Resources,
+        duration: Duration,
+        jitter: Duration,
+        per_offer: Option<u64>,
+        limit: Option<u64>,
+    },
 }
 
 /// Counters a scenario reads.
@@ -419,10 +425,13 @@ impl Sim {
                     TaskState::TaskRunning => f.counts.running += 1,
                     TaskState::TaskFinished => {
                         f.counts.finished += 1;
+                        let probe = matches!(f.behaviour, Behaviour::Launch { limit: Some(_), .. });
                         let now = Time(
                             self.epoch_ns + (self.start.elapsed() + self.skipped).as_nanos() as u64,
                         );
-                        f.finished_at.insert(status.task_id.value.clone(), now);
+                        if probe {
+                            f.finished_at.insert(status.task_id.value.clone(), now);
+                        }
                     }
                     _ => {}
                 }
@@ -466,13 +475,20 @@ impl Sim {
                     ..Default::default()
                 };
             }
-            Behaviour::Launch { task, limit, .. } => (task.clone(), *limit),
+            Behaviour::Launch { task, limit, per_offer, .. } => {
+                let launched = f.counts.launched;
+                let left = limit.map(|l| l.saturating_sub(launched));
+                let cap = match (left, per_offer) {
+                    (Some(a), Some(b)) => Some(a.min(*b)),
+                    (a, b) => a.or(*b),
+                };
+                (task.clone(), cap)
+            }
         };
         let mut left = Resources::from_mesos(&offer.resources).unwrap_or_default();
         let role = f.role.clone();
         let mut tasks = Vec::new();
-        let launched = f.counts.launched;
-        while left.contains(&task) && limit.is_none_or(|l| launched + (tasks.len() as u64) < l) {
+        while left.contains(&task) && limit.is_none_or(|l| (tasks.len() as u64) < l) {
             left.subtract(&task);
             self.next_task += 1;
             let id = format!("t{}", self.next_task);
@@ -487,7 +503,14 @@ impl Sim {
         }
         self.frameworks[i].counts.launched += tasks.len() as u64;
         if tasks.is_empty() {
+            // Nothing fits: decline, with the default filter.
             self.frameworks[i].counts.declines += 1;
+            return Call {
+                framework_id,
+                r#type: Some(call::Type::Decline as i32),
+                decline: Some(call::Decline { offer_ids: vec![offer.id], filters: None }),
+                ..Default::default()
+            };
         }
         Call {
             framework_id,

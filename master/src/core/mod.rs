@@ -249,8 +249,11 @@ pub struct Task {
     pub state: v1::TaskState,
     /// uuid of the latest update forwarded (acknowledging it acknowledges that state).
     pub latest_uuid: Option<Vec<u8>>,
-    pub statuses: Vec<v1::TaskStatus>,
-    pub info: Option<Box<v1::TaskInfo>>,
+    /// Its status updates, protobuf-encoded (as `info_pb`, for memory); [`Task::statuses`].
+    pub statuses_pb: Vec<Box<[u8]>>,
+    /// The TaskInfo it was launched with, protobuf-encoded: a decoded TaskInfo is ~4 KB and
+    /// the master holds hundreds of thousands of tasks; views decode it ([`Task::info`]).
+    pub info_pb: Option<Box<[u8]>>,
     pub container_id: Option<String>,
     pub user: Option<String>,
     /// The task group's executor (LAUNCH_GROUP); command tasks have none.
@@ -273,9 +276,27 @@ pub struct Executor {
 }
 
 impl Task {
+    /// Its status updates, oldest first (decoded on each call).
+    pub fn statuses(&self) -> Vec<v1::TaskStatus> {
+        use prost::Message as _;
+        self.statuses_pb.iter().filter_map(|b| v1::TaskStatus::decode(&b[..]).ok()).collect()
+    }
+
+    /// Its first status update, if any (decoded).
+    pub fn first_status(&self) -> Option<v1::TaskStatus> {
+        use prost::Message as _;
+        v1::TaskStatus::decode(&self.statuses_pb.first()?[..]).ok()
+    }
+
+    /// The TaskInfo it was launched with (decoded on each call).
+    pub fn info(&self) -> Option<v1::TaskInfo> {
+        use prost::Message as _;
+        v1::TaskInfo::decode(self.info_pb.as_deref()?).ok()
+    }
+
     /// `mesos.v1.Task`, the master's view used by the operator API and /state.
     pub fn to_mesos(&self) -> v1::Task {
-        let info = self.info.as_deref().cloned().unwrap_or_default();
+        let info = self.info().unwrap_or_default();
         v1::Task {
             name: self.name.clone(),
             task_id: v1::TaskId::from_str(&self.id),
@@ -284,7 +305,7 @@ impl Task {
             agent_id: v1::AgentId::from_str(&self.agent_id),
             state: self.state as i32,
             resources: self.resources.to_mesos(Some(&self.role)),
-            statuses: self.statuses.clone(),
+            statuses: self.statuses(),
             status_update_state: Some(self.state as i32),
             status_update_uuid: self.latest_uuid.clone(),
             labels: info.labels,
@@ -825,8 +846,8 @@ impl Master {
                         resources: report.task.resources.clone(),
                         state,
                         latest_uuid: None,
-                        statuses: Vec::new(),
-                        info: None,
+                        statuses_pb: Vec::new(),
+                        info_pb: None,
                         container_id: None,
                         user: report.task.command.user.clone(),
                         executor_id: report.task.group.as_ref().map(|g| g.executor_id.clone()),
@@ -1376,9 +1397,9 @@ impl Master {
 }
 
 fn push_status(task: &mut Task, status: v1::TaskStatus) {
-    task.statuses.push(status);
-    if task.statuses.len() > MAX_STATUSES_PER_TASK {
-        task.statuses.remove(0);
+    task.statuses_pb.push(prost::Message::encode_to_vec(&status).into_boxed_slice());
+    if task.statuses_pb.len() > MAX_STATUSES_PER_TASK {
+        task.statuses_pb.remove(0);
     }
 }
 

@@ -734,7 +734,7 @@ impl Master {
                 continue;
             }
             let policy = task
-                .info
+                .info()
                 .as_ref()
                 .and_then(|i| i.kill_policy.as_ref())
                 .and_then(|k| k.grace_period.as_ref())

@@ -775,9 +775,9 @@ impl Master {
             resources,
             state: v1::TaskState::TaskStaging,
             latest_uuid: None,
-            statuses: Vec::new(),
+            statuses_pb: Vec::new(),
             user: cmd.user.clone().or_else(|| Some(fw.info.user.clone())),
-            info: Some(Box::new(task)),
+            info_pb: Some(prost::Message::encode_to_vec(&task).into_boxed_slice()),
             container_id: None,
             executor_id,
             usage: None,
@@ -1023,7 +1023,7 @@ impl Master {
                 return;
             }
             let grace = policy
-                .or_else(|| task.info.as_ref().and_then(|i| i.kill_policy))
+                .or_else(|| task.info().and_then(|i| i.kill_policy))
                 .and_then(|k| k.grace_period)
                 .map(|d| d.nanoseconds.max(0) as u64);
             let agent = task.agent_id.clone();

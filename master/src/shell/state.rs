@@ -44,7 +44,7 @@ fn task_json(t: &Task) -> Value {
     o.insert("resources".into(), t.resources.to_summary_json());
     o.insert("role".into(), json!(t.role));
     let statuses: Vec<Value> = t
-        .statuses
+        .statuses()
         .iter()
         .map(|s| {
             let mut st = Map::new();
@@ -66,7 +66,7 @@ fn task_json(t: &Task) -> Value {
     if let Some(u) = &t.user {
         o.insert("user".into(), json!(u));
     }
-    if let Some(info) = &t.info {
+    if let Some(info) = &t.info() {
         if let Some(l) = &info.labels {
             o.insert(
                 "labels".into(),
@@ -345,7 +345,7 @@ pub fn tasks(m: &Master, q: &TasksQuery) -> Result<Value, String> {
     if let Some(id) = q.task_id.as_deref() {
         all.retain(|t| t.id == id);
     }
-    let started = |t: &Task| t.statuses.first().and_then(|s| s.timestamp).unwrap_or(0.0);
+    let started = |t: &Task| t.first_status().and_then(|s| s.timestamp).unwrap_or(0.0);
     all.sort_by(|a, b| started(a).total_cmp(&started(b)).then_with(|| a.id.cmp(&b.id)));
     if descending {
         all.reverse();
