@@ -81,7 +81,29 @@ enum Later {
 #[derive(Debug)]
 enum Input {
     Agent(u64, AgentMessage),
-    Call(u64, Box<Call>),
+    /// A scheduler call on the stream whose `Mesos-Stream-Id` is `uuid`.
+    Call { uuid: String, call: Box<Call> },
+    Subscribe { stream: u64, uuid: String, sub: Box<call::Subscribe> },
+}
+
+/// Applies one input to the master (both modes).
+fn apply(master: &mut Master, now: Time, input: Input) -> Option<String> {
+    match input {
+        Input::Agent(conn, msg) => master.agent_message(now, conn, msg),
+        Input::Call { uuid, call } => {
+            if let Err(e) = master.call(now, Some(&uuid), *call) {
+                return Some(format!("the master refused a call: {e:?}"));
+            }
+        }
+        Input::Subscribe { stream, uuid, sub } => master.subscribe(now, stream, uuid, *sub),
+    }
+    None
+}
+
+/// What flows to the master thread in [`Sim::run_threaded`].
+enum ToMaster {
+    Inputs(Vec<Input>),
+    Stop,
 }
 
 /// The simulation: the master core and everyone around it.
@@ -196,13 +218,8 @@ impl Sim {
             }],
             ..Default::default()
         };
-        let now = self.now();
-        self.master.subscribe(
-            now,
-            stream,
-            uuid,
-            call::Subscribe { framework_info: info, ..Default::default() },
-        );
+        let sub = Box::new(call::Subscribe { framework_info: info, ..Default::default() });
+        self.inbox.push_back(Input::Subscribe { stream, uuid, sub });
         i
     }
 
@@ -299,16 +316,138 @@ impl Sim {
     fn deliver(&mut self, input: Input) {
         let now = self.now();
         let t0 = Instant::now();
-        match input {
-            Input::Agent(conn, msg) => self.master.agent_message(now, conn, msg),
-            Input::Call(stream, call) => {
-                let uuid = &self.frameworks[self.by_stream[&stream]].uuid;
-                if let Err(e) = self.master.call(now, Some(uuid), *call) {
-                    self.failure.get_or_insert(format!("the master refused a call: {e:?}"));
-                }
-            }
+        if let Some(f) = apply(&mut self.master, now, input) {
+            self.failure.get_or_insert(f);
         }
         self.master_time += t0.elapsed();
+    }
+
+    /// Like [`Sim::run`], but the master core runs on a thread of its own, as on a real
+    /// cluster where the master has its machine and agents and frameworks theirs: inputs go
+    /// to it and commands come back over channels, the master coalescing up to 257 queued
+    /// inputs per pass as its actor does. Real time only (nothing is skipped).
+    pub fn run_threaded(&mut self, until: Duration, mut done: impl FnMut(&Sim) -> bool) {
+        use std::sync::mpsc;
+        let (to_master, master_rx) = mpsc::channel::<ToMaster>();
+        let (master_tx, from_master) = mpsc::channel::<Vec<Command>>();
+        let placeholder =
+            Master::new(MasterConfig::default(), self.master.identity().clone(), self.now());
+        let mut master = std::mem::replace(&mut self.master, placeholder);
+        let (start, epoch_ns, skipped) = (self.start, self.epoch_ns, self.skipped);
+        let clock = move || Time(epoch_ns + (start.elapsed() + skipped).as_nanos() as u64);
+        let worker = std::thread::spawn(move || {
+            let mut busy = Duration::ZERO;
+            let mut failure = None;
+            let mut queued: VecDeque<Input> = VecDeque::new();
+            let mut stopping = false;
+            loop {
+                if stopping && queued.is_empty() {
+                    break;
+                }
+                if queued.is_empty() {
+                    let wait = master
+                        .next_timeout()
+                        .map(|t| Duration::from_nanos(t.0.saturating_sub(clock().0)))
+                        .unwrap_or(Duration::from_millis(50))
+                        .min(Duration::from_millis(50));
+                    match master_rx.recv_timeout(wait) {
+                        Ok(ToMaster::Inputs(v)) => queued.extend(v),
+                        Ok(ToMaster::Stop) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            stopping = true
+                        }
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    }
+                }
+                while let Ok(m) = master_rx.try_recv() {
+                    match m {
+                        ToMaster::Inputs(v) => queued.extend(v),
+                        ToMaster::Stop => stopping = true,
+                    }
+                }
+                let t0 = Instant::now();
+                for _ in 0..257 {
+                    let Some(input) = queued.pop_front() else { break };
+                    if let Some(f) = apply(&mut master, clock(), input) {
+                        failure.get_or_insert(f);
+                    }
+                }
+                let now = clock();
+                if master.next_timeout().is_some_and(|t| t <= now) {
+                    master.handle_timeout(now);
+                }
+                let mut out = Vec::new();
+                while let Some(c) = master.poll_command() {
+                    match c {
+                        Command::Persist => {
+                            let _ = master.take_registry();
+                        }
+                        c => out.push(c),
+                    }
+                }
+                busy += t0.elapsed();
+                if !out.is_empty() && master_tx.send(out).is_err() {
+                    break;
+                }
+            }
+            (master, busy, failure)
+        });
+        let end = self.elapsed() + until;
+        loop {
+            let next = self.later.peek().map(|Reverse((t, _))| *t);
+            let wait = next
+                .map(|t| Duration::from_nanos(t.0.saturating_sub(self.now().0)))
+                .unwrap_or(Duration::from_millis(20))
+                .min(Duration::from_millis(20));
+            if let Ok(cmds) = from_master.recv_timeout(wait) {
+                for c in cmds {
+                    self.command(c);
+                }
+                while let Ok(cmds) = from_master.try_recv() {
+                    for c in cmds {
+                        self.command(c);
+                    }
+                }
+            }
+            let now = self.now();
+            while self.later.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+                let Some(Reverse((_, l))) = self.later.pop() else { break };
+                self.happen(l);
+            }
+            if !self.inbox.is_empty() {
+                let batch: Vec<Input> = self.inbox.drain(..).collect();
+                if to_master.send(ToMaster::Inputs(batch)).is_err() {
+                    break;
+                }
+            }
+            if self.failure.is_some() || done(self) || self.elapsed() >= end {
+                break;
+            }
+        }
+        let _ = to_master.send(ToMaster::Stop);
+        let joined = worker.join();
+        // What the master said before it stopped is still due.
+        while let Ok(cmds) = from_master.try_recv() {
+            for c in cmds {
+                self.command(c);
+            }
+        }
+        match joined {
+            Ok((master, busy, failure)) => {
+                self.master = master;
+                self.master_time += busy;
+                if let Some(f) = failure {
+                    self.failure.get_or_insert(f);
+                }
+            }
+            Err(_) => {
+                self.failure.get_or_insert("the master thread panicked".into());
+            }
+        }
+    }
+
+    fn push_call(&mut self, stream: u64, call: Call) {
+        let uuid = self.frameworks[self.by_stream[&stream]].uuid.clone();
+        self.inbox.push_back(Input::Call { uuid, call: Box::new(call) });
     }
 
     fn happen(&mut self, l: Later) {
@@ -414,7 +553,7 @@ impl Sim {
                 for offer in event.offers.map(|o| o.offers).unwrap_or_default() {
                     self.frameworks[i].counts.offers += 1;
                     let call = self.answer(i, offer);
-                    self.inbox.push_back(Input::Call(stream, Box::new(call)));
+                    self.push_call(stream, call);
                 }
             }
             event::Type::Update => {
@@ -447,7 +586,7 @@ impl Sim {
                         }),
                         ..Default::default()
                     };
-                    self.inbox.push_back(Input::Call(stream, Box::new(call)));
+                    self.push_call(stream, call);
                 }
             }
             event::Type::Error => {
