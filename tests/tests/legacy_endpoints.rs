@@ -184,6 +184,29 @@ fn legacy_endpoints_answer_in_mesos_shapes() {
     assert_eq!(m["master/cpus_used"], 0.0);
     assert!(m["master/valid_status_updates"].as_f64().unwrap() >= 4.0, "{m}");
     assert!(m["master/uptime_secs"].as_f64().unwrap() > 0.0);
+    // The offer path, always on: each `corral run` above was offered, accepted and ran.
+    let count = |k: &str| m[k].as_f64().unwrap_or_else(|| panic!("no {k} in {m}"));
+    assert!(count("allocator/mesos/allocation_run_ms/count") >= 2.0);
+    assert!(count("allocator/mesos/allocation_run_ms/p99") >= 0.0);
+    assert!(count("master/offer_path/offered_ms/count") >= 2.0, "{m}");
+    assert!(count("master/offer_path/accepted_ms/count") >= 2.0, "{m}");
+    assert!(count("master/offer_path/running_ms/count") >= 1.0, "{m}");
+    assert!(
+        count("master/offer_path/accepted_ms/max") >= count("master/offer_path/accepted_ms/p50")
+    );
+    // The same in Prometheus' text format, per framework and role.
+    let (status, ctype, text) = get(&cluster, "/metrics");
+    assert_eq!(status, 200);
+    assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
+    assert!(text.contains("# TYPE corral_master_allocation_run_seconds histogram"), "{text}");
+    assert!(text.contains("corral_master_offers_sent_total "), "{text}");
+    let accepted = text
+        .lines()
+        .filter(|l| l.starts_with("corral_offer_accepted_latency_seconds_count{"))
+        .count();
+    assert!(accepted >= 2, "one series per framework that accepted: {text}");
+    assert!(text.contains("role=\"*\""), "{text}");
+    assert!(text.ends_with("# EOF\n"));
 
     // JSONP on every one of them.
     for path in [

@@ -82,8 +82,15 @@ enum Later {
 enum Input {
     Agent(u64, AgentMessage),
     /// A scheduler call on the stream whose `Mesos-Stream-Id` is `uuid`.
-    Call { uuid: String, call: Box<Call> },
-    Subscribe { stream: u64, uuid: String, sub: Box<call::Subscribe> },
+    Call {
+        uuid: String,
+        call: Box<Call>,
+    },
+    Subscribe {
+        stream: u64,
+        uuid: String,
+        sub: Box<call::Subscribe>,
+    },
 }
 
 /// Applies one input to the master (both modes).

@@ -95,7 +95,8 @@ impl Snapshot {
             ),
         ];
         let mut offer_path = Vec::new();
-        for f in m.frameworks().values() {
+        // Completed frameworks too (at most --max-completed-frameworks of them).
+        for f in m.frameworks().values().chain(m.completed_frameworks().iter()) {
             for (role, stages) in &f.offer_path {
                 for (stage, l) in stages.named() {
                     if l.count() > 0 {

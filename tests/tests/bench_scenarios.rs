@@ -1,0 +1,58 @@
+//! `corral bench decline | churn | paper` as a user runs them, at a small scale: each runs the
+//! real master core against simulated agents and frameworks and prints its figures. (The
+//! figures themselves are benchmarks, in BENCHMARKS.md; this checks that the scenarios run,
+//! say which transport they used, and report what they promise.) Needs no root.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+use corral_tests::corral_bin;
+
+fn bench(args: &[&str]) -> String {
+    let out = Command::new(corral_bin()).arg("bench").args(args).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "corral bench {args:?}: {}\n{stdout}\n{stderr}", out.status);
+    assert!(stdout.contains("transport: in-process"), "{stdout}");
+    assert!(stdout.contains("offer latency (available → offer)"), "{stdout}");
+    assert!(stdout.contains("allocation run"), "{stdout}");
+    assert!(stdout.contains("RSS"), "{stdout}");
+    stdout
+}
+
+/// The number after `label` on the result line.
+fn number_after(text: &str, label: &str) -> f64 {
+    let line = text.lines().find(|l| l.starts_with("result:")).unwrap_or_else(|| panic!("{text}"));
+    let at = line.find(label).unwrap_or_else(|| panic!("no '{label}' in {line}"));
+    line[at + label.len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|w| w.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok())
+        .unwrap_or_else(|| panic!("no number after '{label}' in {line}"))
+}
+
+#[test]
+fn churn_places_tasks_and_reports_placements_per_second() {
+    let out = bench(&["churn", "--agents", "50", "--frameworks", "2", "--duration", "1s"]);
+    let placed = number_after(&out, "result: ");
+    assert!(placed > 100.0, "{out}");
+    assert!(out.contains("placements/s"), "{out}");
+    assert!(out.contains("accept → TASK_RUNNING"), "{out}");
+}
+
+#[test]
+fn decline_offers_every_agent_to_every_framework_in_turn() {
+    let out = bench(&["decline", "--agents", "40", "--frameworks", "5"]);
+    // Five rounds of one offer per agent, each declined.
+    assert_eq!(number_after(&out, "result: "), 200.0, "{out}");
+    assert!(out.contains("offer → decline"), "{out}");
+}
+
+#[test]
+fn paper_runs_a_fresh_frameworks_task_and_reports_its_overhead() {
+    let out = bench(&["paper", "--agents", "100", "--frameworks", "4", "--duration", "1s"]);
+    assert!(out.contains("the fresh framework's 10 s task finished"), "{out}");
+    let total = number_after(&out, "finished ");
+    assert!((10.0..15.0).contains(&total), "a 10 s task, plus the overhead: {out}");
+}
