@@ -28,4 +28,9 @@ fn bench_launch_runs_one_accept_of_1500_tasks_without_losing_one() {
         stdout.contains("throughput: 1500 tasks (`sleep 300`) in one ACCEPT, all TASK_RUNNING"),
         "{stdout}"
     );
+    // The scheduler's view of the offer path: 200 decline -> re-offer round trips over HTTP.
+    assert!(
+        stdout.contains("offer latency over HTTP on loopback") && stdout.contains("(n=200)"),
+        "{stdout}"
+    );
 }

@@ -268,6 +268,12 @@ async fn measure(args: &LaunchArgs, addr: &MasterAddr) -> anyhow::Result<()> {
     println!("  at RSS {rss_before:>5} MB: {}", summary(&mut fork_small.clone()));
     println!("  at RSS {rss_big:>5} MB: {}", summary(&mut fork_big.clone()));
 
+    let mut offers = offer_round_trips(&mut sched, 200).await?;
+    println!(
+        "offer latency over HTTP on loopback, DECLINE (refuse_seconds 0) -> the next OFFERS event: {}",
+        summary(&mut offers)
+    );
+
     let (n, took) = throughput(&mut sched, &mut seq, args.batch).await?;
     println!(
         "throughput: {n} tasks (`sleep 300`) in one ACCEPT, all TASK_RUNNING after {:.1} ms: {:.0} launches/s",
@@ -298,6 +304,24 @@ async fn next_offer(sched: &mut Scheduler) -> anyhow::Result<(v1::AgentId, Vec<v
             _ => {}
         }
     }
+}
+
+/// `n` times: decline the agent's offers with no filter and time until its resources are
+/// offered again. The interval is the scheduler's whole loop as it sees it: the DECLINE call
+/// over HTTP, the master recovering the resources and allocating them, and the OFFERS event
+/// arriving on the stream.
+async fn offer_round_trips(sched: &mut Scheduler, n: usize) -> anyhow::Result<Vec<Duration>> {
+    let (_, mut ids) = next_offer(sched).await?;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t0 = now();
+        sched.decline(std::mem::take(&mut ids), Some(0.0)).await?;
+        let (_, again) = next_offer(sched).await?;
+        out.push(t0.elapsed());
+        ids = again;
+    }
+    sched.decline(ids, Some(0.0)).await?;
+    Ok(out)
 }
 
 async fn next(sched: &mut Scheduler) -> anyhow::Result<v1::scheduler::Event> {
