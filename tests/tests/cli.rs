@@ -140,16 +140,11 @@ fn a_task_ignoring_sigterm_is_killed_after_the_grace_period() {
         return;
     }
     let cluster = Cluster::start(ClusterOptions::default());
+    // TASK_RUNNING is sent once the process exists, which can be before the shell has run
+    // `trap`: the task says when SIGTERM is ignored by touching a file in its sandbox.
+    let script = "trap '' TERM; touch \"$MESOS_SANDBOX/trap-set\"; sleep 120";
     let mut child = Command::new(corral_bin())
-        .args([
-            "run",
-            "--master",
-            cluster.master_addr().host_port(),
-            "--",
-            "sh",
-            "-c",
-            "trap '' TERM; sleep 120",
-        ])
+        .args(["run", "--master", cluster.master_addr().host_port(), "--", "sh", "-c", script])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -160,6 +155,15 @@ fn a_task_ignoring_sigterm_is_killed_after_the_grace_period() {
             break;
         }
     }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !file_under(cluster.dir.path(), "trap-set") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        file_under(cluster.dir.path(), "trap-set"),
+        "the task never set its trap\n{}",
+        cluster.logs()
+    );
     let interrupted = Instant::now();
     kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
@@ -315,4 +319,17 @@ fn a_scheduler_written_from_the_reference_launches_and_kills_tasks() {
     assert!(text.contains("TASK_KILLED"), "{text}");
     let (code, text) = run(&["--cmd", "exit 3"]);
     assert_eq!(code, Some(1), "a failed task is reported as such: {text}");
+}
+
+/// Whether a file called `name` exists anywhere below `dir`.
+fn file_under(dir: &std::path::Path, name: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    entries.flatten().any(|e| {
+        let path = e.path();
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            file_under(&path, name)
+        } else {
+            e.file_name() == name
+        }
+    })
 }
