@@ -123,6 +123,20 @@ pub struct AgentArgs {
     #[arg(long, default_value = "10min", value_parser = parse_duration, value_name = "DURATION")]
     pub status_update_retry_max: Duration,
 
+    /// Rotate a task's `stdout` or `stderr` once it holds this much (`10MB`, `512KiB`, bytes;
+    /// 0: never).
+    #[arg(long, default_value = "10MiB", value_parser = parse_size, value_name = "SIZE")]
+    pub task_log_max_size: u64,
+
+    /// How many rotated files (`stdout.1` ... `stdout.N`) each task keeps.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub task_log_keep: u32,
+
+    /// How a restarted agent treats a checkpoint it cannot read: `strict` refuses to start
+    /// and names the file; `non-strict` logs it and recovers everything else.
+    #[arg(long, value_enum, default_value = "strict")]
+    pub recover: crate::checkpoint::RecoverMode,
+
     /// The binary that runs the per-task init (`BINARY __task-init ...`)
     /// [default: this executable].
     #[arg(long, value_name = "PATH")]
@@ -171,6 +185,26 @@ pub fn parse_master(text: &str) -> Result<MasterAddr, String> {
     }
 }
 
+/// Parses a size: bytes, or a number with `KB`/`MB`/`GB` (powers of 1000) or
+/// `K`/`KiB`/`M`/`MiB`/`G`/`GiB` (powers of 1024).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num.parse().map_err(|_| format!("bad size '{text}'"))?;
+    let mult: f64 = match unit.trim() {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "K" | "KiB" => 1024.0,
+        "M" | "MiB" => 1048576.0,
+        "G" | "GiB" => 1073741824.0,
+        u => return Err(format!("unknown unit '{u}' in size '{text}'")),
+    };
+    Ok((value * mult) as u64)
+}
+
 /// Parses a duration: a decimal number and a unit, humantime style (`ns`, `us`, `ms`, `s`,
 /// `m`/`min`, `h`, `d`) or Mesos style (`secs`, `mins`, `hrs`, `days`, `weeks`).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -197,6 +231,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10MiB"), Ok(10 << 20));
+        assert_eq!(parse_size("1MB"), Ok(1_000_000));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert!(parse_size("1 parsec").is_err());
+    }
 
     fn m(host: &str, port: u16) -> MasterAddr {
         MasterAddr { host: host.into(), port }

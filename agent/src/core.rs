@@ -148,6 +148,13 @@ pub enum Command {
     CloseExecutorStream { framework_id: String, executor_id: String },
     /// Set a container's limits for `resources` (an executor's grow with its tasks).
     Resize { container_id: String, resources: Resources },
+    /// Persist this task's state; done before any later command is executed (so before
+    /// anything the change causes is sent).
+    Checkpoint(Box<crate::checkpoint::TaskCheckpoint>),
+    /// The task is forgotten: remove its checkpoint.
+    RemoveCheckpoint(TaskKey),
+    /// The master gave this agent its id: persist it (with the boot id) before going on.
+    CheckpointAgent { agent_id: String },
 }
 
 /// Everything the shell needs to start a container.
@@ -247,6 +254,8 @@ pub struct Core {
     executors: BTreeMap<executors::ExecutorKey, executors::ExecutorRun>,
     /// Executor container id -> executor.
     executor_containers: HashMap<String, executors::ExecutorKey>,
+    /// Keys whose checkpoint is out of date; flushed by `poll_command` before anything else.
+    dirty: std::collections::BTreeSet<TaskKey>,
 }
 
 #[path = "core_executors.rs"]
@@ -277,7 +286,80 @@ impl Core {
             shutting_down: false,
             executors: BTreeMap::new(),
             executor_containers: HashMap::new(),
+            dirty: std::collections::BTreeSet::new(),
         }
+    }
+
+    /// Takes back what a previous run of this agent checkpointed: its id and its tasks with
+    /// their unacknowledged updates. Call before the first event; the shell then re-adopts
+    /// the containers (or reports them gone) with the usual container events.
+    pub fn recover(
+        &mut self,
+        now: Now,
+        agent_id: String,
+        tasks: Vec<crate::checkpoint::TaskCheckpoint>,
+    ) {
+        self.agent_id = Some(agent_id);
+        for t in tasks {
+            let key =
+                TaskKey { framework_id: t.framework.id.clone(), task_id: t.spec.task_id.clone() };
+            let phase = match t.phase {
+                0 => Phase::Launching,
+                1 => Phase::Starting,
+                2 => Phase::Running,
+                _ => Phase::Done,
+            };
+            if phase == Phase::Done && t.updates.is_empty() {
+                self.dirty.insert(key);
+                continue;
+            }
+            let record = TaskRecord {
+                framework: t.framework,
+                spec: t.spec,
+                container_id: t.container_id,
+                executor_container: t.executor_container,
+                agent_id: t.agent_id,
+                state: TaskState::try_from(t.state).unwrap_or(TaskState::TaskStaging),
+                phase,
+                // A kill in progress goes on: the SIGTERM was sent, the force follows.
+                kill: t
+                    .killing
+                    .then_some(Kill { deadline: Some(now.mono + self.config.default_kill_grace) }),
+                framework_gone: false,
+            };
+            if let Some(cid) = &record.container_id {
+                self.containers.insert(cid.clone(), key.clone());
+            }
+            tracing::info!(%key, phase = ?record.phase, pending = t.updates.len(), "recovered task");
+            self.entries
+                .insert(key, Entry { task: Some(record), updates: t.updates.into(), retry: None });
+        }
+    }
+
+    /// The checkpoint of `key`'s task, if it has one worth keeping.
+    fn snapshot(&self, key: &TaskKey) -> Option<crate::checkpoint::TaskCheckpoint> {
+        let e = self.entries.get(key)?;
+        let t = e.task.as_ref()?;
+        // A custom executor's task is its executor's to recover; not checkpointed here.
+        if t.spec.executor.is_some() || t.framework_gone {
+            return None;
+        }
+        Some(crate::checkpoint::TaskCheckpoint {
+            framework: t.framework.clone(),
+            spec: t.spec.clone(),
+            container_id: t.container_id.clone(),
+            executor_container: t.executor_container.clone(),
+            agent_id: t.agent_id.clone(),
+            state: t.state as i32,
+            phase: match t.phase {
+                Phase::Launching => 0,
+                Phase::Starting => 1,
+                Phase::Running => 2,
+                Phase::Done => 3,
+            },
+            killing: t.kill.is_some(),
+            updates: e.updates.iter().cloned().collect(),
+        })
     }
 
     /// The id the master gave this agent, once registered.
@@ -315,6 +397,13 @@ impl Core {
     }
 
     pub fn poll_command(&mut self) -> Option<Command> {
+        // Persist before anything the change causes goes out.
+        if let Some(key) = self.dirty.pop_first() {
+            return Some(match self.snapshot(&key) {
+                Some(c) => Command::Checkpoint(Box::new(c)),
+                None => Command::RemoveCheckpoint(key),
+            });
+        }
         self.commands.pop_front()
     }
 
@@ -536,6 +625,10 @@ impl Core {
                     tracing::warn!(old, new = agent_id, "the master gave this agent a new id");
                 }
                 tracing::info!(agent_id, master_id, "registered");
+                if self.agent_id.as_deref() != Some(agent_id.as_str()) {
+                    self.commands
+                        .push_back(Command::CheckpointAgent { agent_id: agent_id.clone() });
+                }
                 self.agent_id = Some(agent_id);
                 self.link = Link::Registered;
                 let keys: Vec<TaskKey> = self
@@ -625,6 +718,7 @@ impl Core {
                         if let Some(t) = e.task.as_mut() {
                             t.framework_gone = true;
                         }
+                        self.dirty.insert(key.clone());
                     }
                     self.kill(now, &key, self.config.default_kill_grace);
                     self.maybe_forget(&key);
@@ -715,6 +809,7 @@ impl Core {
         };
         tracing::info!(%key, container_id, "launching task");
         self.entries.entry(key.clone()).or_default().task = Some(record);
+        self.dirty.insert(key.clone());
         self.containers.insert(container_id, key);
         self.commands.push_back(Command::Launch(launch));
     }
@@ -751,6 +846,7 @@ impl Core {
         }
         tracing::info!(%key, ?grace, "killing task");
         task.kill = Some(Kill { deadline: Some(now.mono + grace) });
+        self.dirty.insert(key.clone());
         if let Some(cid) = &task.container_id {
             self.commands.push_back(Command::Terminate { container_id: cid.clone() });
         }
@@ -767,6 +863,7 @@ impl Core {
         }
         entry.updates.pop_front();
         entry.retry = None;
+        self.dirty.insert(key.clone());
         let executor = entry
             .task
             .as_ref()
@@ -793,6 +890,7 @@ impl Core {
     fn set_phase(&mut self, key: &TaskKey, phase: Phase) {
         if let Some(t) = self.entries.get_mut(key).and_then(|e| e.task.as_mut()) {
             t.phase = phase;
+            self.dirty.insert(key.clone());
         }
     }
 
@@ -801,6 +899,7 @@ impl Core {
         match self.entries.get_mut(key).and_then(|e| e.task.as_mut()) {
             Some(t) => {
                 t.phase = Phase::Done;
+                self.dirty.insert(key.clone());
                 t.kill.take().is_some()
             }
             None => false,
@@ -852,6 +951,7 @@ impl Core {
             timestamp_ns: now.wall_ns,
             container_id: entry.task.as_ref().and_then(|t| t.container_id.clone()),
         });
+        self.dirty.insert(key.clone());
         if entry.updates.len() == 1 {
             self.send_head(now, key);
         }
@@ -884,6 +984,7 @@ impl Core {
             return;
         };
         tracing::info!(%key, state = task.state.as_str_name(), "forgetting task");
+        self.dirty.insert(key.clone());
         if let Some(cid) = &task.container_id {
             self.containers.remove(cid);
             self.commands.push_back(Command::Forget { container_id: cid.clone() });
@@ -963,6 +1064,10 @@ mod tests {
         core: Core,
         base: Instant,
         at: Duration,
+        /// The checkpoint commands `drain` took out, in order.
+        persisted: Vec<Command>,
+        /// Every command in the order the core emitted it.
+        raw: Vec<Command>,
     }
 
     const SEC: Duration = Duration::from_secs(1);
@@ -988,6 +1093,8 @@ mod tests {
                 core: Core::new(config, Box::new(CountingIds::default())),
                 base,
                 at: Duration::ZERO,
+                persisted: Vec::new(),
+                raw: Vec::new(),
             }
         }
 
@@ -1011,8 +1118,20 @@ mod tests {
             self.drain()
         }
 
+        /// The commands emitted, less the checkpoint ones (kept in `persisted`).
         fn drain(&mut self) -> Vec<Command> {
-            std::iter::from_fn(|| self.core.poll_command()).collect()
+            let all: Vec<Command> = std::iter::from_fn(|| self.core.poll_command()).collect();
+            self.raw.extend(all.iter().cloned());
+            let (persist, rest): (Vec<Command>, Vec<Command>) = all.into_iter().partition(|c| {
+                matches!(
+                    c,
+                    Command::Checkpoint(_)
+                        | Command::RemoveCheckpoint(_)
+                        | Command::CheckpointAgent { .. }
+                )
+            });
+            self.persisted.extend(persist);
+            rest
         }
 
         /// Connects and registers as `agent-1`.
@@ -1160,6 +1279,108 @@ mod tests {
         assert_eq!(h.core.completed().count(), 1);
         // Every update got its own uuid.
         assert!(starting.uuid != running.uuid && running.uuid != failed.uuid);
+    }
+
+    /// The last checkpoint of `task_id` among the persisted commands.
+    fn last_checkpoint(h: &Harness, task_id: &str) -> Option<crate::checkpoint::TaskCheckpoint> {
+        h.persisted.iter().rev().find_map(|c| match c {
+            Command::Checkpoint(t) if t.spec.task_id == task_id => Some((**t).clone()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn every_change_is_checkpointed_before_what_it_causes_is_sent() {
+        let mut h = Harness::new();
+        h.register();
+        assert!(
+            h.persisted.contains(&Command::CheckpointAgent { agent_id: "agent-1".into() }),
+            "the agent id is persisted once given"
+        );
+        let cid = h.run("t1");
+        let launch_at = h.raw.iter().position(|c| matches!(c, Command::Launch(_))).unwrap();
+        assert!(
+            h.raw[..launch_at].iter().any(|c| matches!(c, Command::Checkpoint(t) if t.phase == 0)),
+            "the task is persisted before its container is made"
+        );
+        h.raw.clear();
+        let running = one_update(&h.handle(Event::Started { container_id: cid.clone(), pid: 2 }));
+        let send_at = h.raw.iter().position(|c| matches!(c, Command::Send(_))).unwrap();
+        let ckpt = h.raw[..send_at].iter().find_map(|c| match c {
+            Command::Checkpoint(t) => Some(t.clone()),
+            _ => None,
+        });
+        let ckpt = ckpt.expect("a checkpoint precedes the update");
+        assert_eq!((ckpt.phase, ckpt.updates.clone()), (2, vec![running.clone()]));
+        h.ack(&running);
+        assert!(last_checkpoint(&h, "t1").unwrap().updates.is_empty(), "the ack is persisted");
+        h.handle(Event::Exited { container_id: cid.clone(), status: ExitStatus::Code(0) });
+        let finished = last_checkpoint(&h, "t1").unwrap().updates[0].clone();
+        h.ack(&finished);
+        assert_eq!(
+            h.persisted.last(),
+            Some(&Command::RemoveCheckpoint(TaskKey {
+                framework_id: "fw".into(),
+                task_id: "t1".into()
+            })),
+            "a forgotten task's checkpoint goes"
+        );
+    }
+
+    #[test]
+    fn a_recovered_core_reregisters_and_resends_in_order_at_least_once() {
+        let mut h = Harness::new();
+        h.register();
+        let cid = h.run("t1");
+        let running = one_update(&h.handle(Event::Started { container_id: cid.clone(), pid: 2 }));
+        h.handle(Event::Exited { container_id: cid.clone(), status: ExitStatus::Code(0) });
+        // The agent dies here: RUNNING in flight, FINISHED queued behind it.
+        let ckpt = last_checkpoint(&h, "t1").unwrap();
+        assert_eq!(ckpt.updates.len(), 2);
+
+        let mut h2 = Harness::new();
+        h2.core.recover(h2.now(), "agent-1".into(), vec![ckpt]);
+        let cmds = h2.handle(Event::Connected { http_address: "10.0.0.5".into() });
+        let Command::Send(AgentMessage::Register(reg)) = &cmds[0] else { panic!("{cmds:?}") };
+        assert_eq!(reg.agent_id.as_deref(), Some("agent-1"), "re-registers under its id");
+        assert_eq!(reg.tasks.len(), 1);
+        let cmds = h2.master(MasterMessage::Registered {
+            agent_id: "agent-1".into(),
+            master_id: "m".into(),
+            ping_interval_ms: 1000,
+        });
+        assert!(
+            !h2.persisted.iter().any(|c| matches!(c, Command::CheckpointAgent { .. })),
+            "same id: nothing to persist"
+        );
+        let resent = one_update(&cmds);
+        assert_eq!(resent, running, "the same update, same uuid: the master deduplicates");
+        let finished = one_update(&h2.ack(&resent));
+        assert_eq!(state(&finished), TaskState::TaskFinished);
+        assert_eq!(h2.ack(&finished), vec![Command::Forget { container_id: cid }]);
+    }
+
+    #[test]
+    fn a_recovered_running_task_ends_through_the_usual_events() {
+        let mut h = Harness::new();
+        h.register();
+        let cid = h.run("t1");
+        let running = one_update(&h.handle(Event::Started { container_id: cid.clone(), pid: 2 }));
+        h.ack(&running);
+        let ckpt = last_checkpoint(&h, "t1").unwrap();
+        let mut h2 = Harness::new();
+        h2.core.recover(h2.now(), "agent-1".into(), vec![ckpt]);
+        h2.register();
+        assert_eq!(h2.core.live_containers(), 1);
+        // A late `started` from the adopted init changes nothing.
+        assert!(
+            updates(&h2.handle(Event::Started { container_id: cid.clone(), pid: 2 })).is_empty()
+        );
+        let done = one_update(
+            &h2.handle(Event::Exited { container_id: cid, status: ExitStatus::Code(4) }),
+        );
+        assert_eq!(state(&done), TaskState::TaskFailed);
+        assert_eq!(done.message, "Command exited with status 4");
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub enum AgentError {
     Launcher(std::io::Error),
     #[error(transparent)]
     Checkpoint(#[from] crate::volumes::CheckpointError),
+    #[error("cannot recover (start with --recover non-strict to skip what cannot be read): {0}")]
+    Recover(#[from] crate::checkpoint::CheckpointError),
+    #[error("cannot start the task output thread: {0}")]
+    Output(std::io::Error),
     #[error("the master refused this agent: {reason}")]
     Refused { reason: String },
 }

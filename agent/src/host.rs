@@ -199,3 +199,29 @@ mod tests {
         assert!(parse_attributes("r:[a-b]").is_err());
     }
 }
+
+/// When process `pid` started, in clock ticks after boot (`/proc/PID/stat`, field 22): with
+/// the pid, it names one process for the life of the boot.
+pub fn process_start_time(pid: i32) -> std::io::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    parse_start_time(&stat).ok_or_else(|| std::io::Error::other(format!("bad /proc/{pid}/stat")))
+}
+
+/// Field 22 of a `/proc/PID/stat` line; the command name (field 2) may hold spaces and ')'.
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod start_time_tests {
+    #[test]
+    fn start_time_is_field_22_even_with_odd_names() {
+        let line =
+            "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(super::parse_start_time(line), Some(987654));
+        assert_eq!(super::parse_start_time("1 (x) S"), None);
+        let me = super::process_start_time(std::process::id() as i32).unwrap();
+        assert!(me > 0);
+    }
+}

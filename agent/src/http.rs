@@ -50,6 +50,8 @@ pub struct HttpState {
     pub executors: tokio::sync::mpsc::UnboundedSender<ExecutorInput>,
     pub next_stream: std::sync::atomic::AtomicU64,
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// How task output reaches the sandbox files.
+    pub output: crate::output::Output,
 }
 
 /// An executor API call for the shell's loop.
@@ -246,6 +248,12 @@ pub fn router(state: Arc<HttpState>) -> Router {
 async fn state_handler(State(s): State<Arc<HttpState>>) -> Response {
     let mut body = state_json(&lock(&s.core), &s.work_dir);
     body["telemetry"] = s.telemetry.report().to_json(s.telemetry.interval());
+    let rotation = s.output.rotation();
+    body["task_output"] = serde_json::json!({
+        "engine": s.output.engine(),
+        "rotate_max_size": rotation.max_size,
+        "rotate_keep": rotation.keep,
+    });
     axum::Json(body).into_response()
 }
 

@@ -58,6 +58,8 @@ pub struct LaunchEnv {
     pub forker: Option<crate::launcher::Launcher>,
     /// Per-container usage: told when a container's cgroup is made and when it goes.
     pub telemetry: std::sync::Arc<crate::telemetry::Telemetry>,
+    /// Moves every container's stdout and stderr into its sandbox files.
+    pub output: crate::output::Output,
 }
 
 /// A kill request for a running container.
@@ -87,8 +89,60 @@ pub fn start(
     events: mpsc::UnboundedSender<Event>,
 ) -> ContainerHandle {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(monitor(env, launch, rx, events));
+    tokio::spawn(monitor(env, launch, None, rx, events));
     ContainerHandle { control: tx }
+}
+
+/// Takes over the running container of an earlier agent (see [`Adopted`]); its events go to
+/// `events` as if this agent had launched it.
+pub fn adopt(
+    env: Arc<LaunchEnv>,
+    launch: Launch,
+    init: Adopted,
+    events: mpsc::UnboundedSender<Event>,
+) -> ContainerHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(monitor(env, launch, Some(init), rx, events));
+    ContainerHandle { control: tx }
+}
+
+/// The init of a container an earlier agent started, found alive and verified (same pid,
+/// same start time) by [`find_init`].
+#[derive(Debug)]
+pub struct Adopted {
+    pub pid: nix::unistd::Pid,
+    pub pidfd: OwnedFd,
+}
+
+/// The identity of a container's init, recorded in its run directory right after the spawn:
+/// `pid start-time` (start time in clock ticks since boot, from `/proc/PID/stat`). Not made
+/// durable with fsync: it means something only until the next reboot.
+pub const INIT_FILE: &str = "init";
+
+/// Finds the init an earlier agent started for the container whose run directory is
+/// `run_dir`: `Ok(None)` if it is gone (or its pid now belongs to another process).
+pub fn find_init(run_dir: &Path) -> Result<Option<Adopted>, String> {
+    let path = run_dir.join(INIT_FILE);
+    let text =
+        fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut words = text.split_whitespace();
+    let (Some(Ok(pid)), Some(Ok(start))) =
+        (words.next().map(str::parse::<i32>), words.next().map(str::parse::<u64>))
+    else {
+        return Err(format!("{} does not hold 'PID START-TIME'", path.display()));
+    };
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let pidfd = match crate::sys::pidfd_open_any(pid) {
+        Ok(fd) => fd,
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(e) => return Err(format!("cannot open a pidfd for pid {pid}: {e}")),
+    };
+    // The pidfd pins the process it names; if that process has the recorded start time it is
+    // the init, not a later process that reused the pid.
+    match crate::host::process_start_time(pid.as_raw()) {
+        Ok(t) if t == start => Ok(Some(Adopted { pid, pidfd })),
+        _ => Ok(None),
+    }
 }
 
 enum Outcome {
@@ -100,12 +154,21 @@ enum Outcome {
 async fn monitor(
     env: Arc<LaunchEnv>,
     launch: Launch,
+    adopted: Option<Adopted>,
     mut control: mpsc::UnboundedReceiver<Control>,
     events: mpsc::UnboundedSender<Event>,
 ) {
     let container_id = launch.container_id.clone();
     let cgroup = env.cgroups.child(&container_id);
-    let outcome = run_container(&env, &launch, &cgroup, &mut control, &events).await;
+    let outcome = match adopted {
+        None => run_container(&env, &launch, &cgroup, &mut control, &events).await,
+        Some(init) => {
+            let (_, logs) = dirs(&env, &launch);
+            let run_dir = paths::run_dir(&env.work_dir, &container_id);
+            let init = Init { pid: init.pid, pidfd: init.pidfd, child: false, run_dir, logs };
+            supervise(&env, &container_id, &cgroup, init, None, &mut control, &events).await
+        }
+    };
     let (cg, telemetry, id) = (cgroup.clone(), env.telemetry.clone(), container_id.clone());
     let destroyed = tokio::task::spawn_blocking(move || {
         telemetry.removing(&id);
@@ -122,6 +185,17 @@ async fn monitor(
         Outcome::Limited(reason, message) => Event::Limited { container_id, reason, message },
     };
     let _ = events.send(event);
+}
+
+/// A container's init, as its monitor holds it.
+struct Init {
+    pid: nix::unistd::Pid,
+    pidfd: OwnedFd,
+    /// This agent's child (spawned here): reaped here.
+    child: bool,
+    run_dir: PathBuf,
+    /// Where the task's `stdout` and `stderr` files are.
+    logs: PathBuf,
 }
 
 async fn run_container(
@@ -147,61 +221,155 @@ async fn run_container(
         Ok(Err(message)) => return Outcome::Failed(message),
         Err(e) => return Outcome::Failed(format!("container preparation panicked: {e}")),
     };
-    let init_pid = init.pid;
-    tracing::debug!(container_id, pid = init_pid.as_raw(), path = ?init.path, "task init spawned");
+    tracing::debug!(container_id, pid = init.pid.as_raw(), path = ?init.path, "task init spawned");
+    let (_, logs) = dirs(env, launch);
+    let init = Init { pid: init.pid, pidfd: init.pidfd, child: true, run_dir, logs };
+    supervise(env, &container_id, cgroup, init, Some(report_pipe), control, events).await
+}
 
-    let mut last: Option<Report> = None;
-    // TASK_STARTING only for a task that is not running soon after its init started.
-    let starting_after = tokio::time::sleep(STARTING_AFTER);
-    tokio::pin!(starting_after);
-    let mut announced = false;
-    match tokio::net::unix::pipe::Receiver::from_owned_fd(report_pipe) {
-        Ok(pipe) => {
-            let mut lines = BufReader::new(pipe).lines();
-            let mut control_open = true;
-            loop {
-                tokio::select! {
-                    line = lines.next_line() => match line {
-                        Ok(Some(l)) => match Report::parse(&l) {
-                            Some(Report::Started(pid)) => {
-                                announced = true;
-                                let _ = events.send(Event::Started { container_id: container_id.clone(), pid });
+/// The sandbox and the directory of `stdout` and `stderr` of a launch.
+fn dirs(env: &LaunchEnv, launch: &Launch) -> (PathBuf, PathBuf) {
+    let group = launch
+        .task
+        .group
+        .as_ref()
+        .zip(launch.executor_container.as_deref())
+        .map(|(g, c)| (g.executor_id.as_str(), c));
+    paths::task_dirs(
+        &env.work_dir,
+        &launch.agent_id,
+        &launch.framework.id,
+        &launch.task.task_id,
+        &launch.container_id,
+        group,
+    )
+}
+
+/// The agent's copies of the task's output pipes, moved into the log files from now on.
+fn capture(env: &LaunchEnv, container_id: &str, init: &Init) -> Vec<crate::output::Drained> {
+    let mut drained = Vec::new();
+    for (fd, name) in
+        [(crate::shim::STDOUT_HELD_FD, "stdout"), (crate::shim::STDERR_HELD_FD, "stderr")]
+    {
+        match crate::sys::pidfd_getfd(init.pidfd.as_fd(), fd) {
+            Ok(pipe) => drained.push(env.output.capture(pipe, init.logs.join(name))),
+            Err(e) => tracing::warn!(container_id, "cannot take the task's {name} pipe: {e}"),
+        }
+    }
+    drained
+}
+
+/// Follows a container from its init's first report to its end: relays the reports, kills on
+/// request, then (task over) kills what is left but the init, waits until the output pipes
+/// are empty, and removes the init. `report_pipe` is `None` for an adopted container: its
+/// pipe is taken from the init.
+async fn supervise(
+    env: &Arc<LaunchEnv>,
+    container_id: &str,
+    cgroup: &Cgroup,
+    init: Init,
+    report_pipe: Option<OwnedFd>,
+    control: &mut mpsc::UnboundedReceiver<Control>,
+    events: &mpsc::UnboundedSender<Event>,
+) -> Outcome {
+    let fresh = report_pipe.is_some();
+    let container_id = container_id.to_string();
+    let mut outputs = Vec::new();
+    let mut captured = false;
+    // An adopted init may have ended its task while no agent ran: the file says so.
+    let mut last: Option<Report> =
+        if fresh { None } else { crate::shim::read_exit_status(&init.run_dir) };
+    if !fresh {
+        outputs = capture(env, &container_id, &init);
+        captured = true;
+    }
+    let report_pipe = match report_pipe {
+        Some(p) => Ok(p),
+        None => crate::sys::pidfd_getfd(init.pidfd.as_fd(), crate::shim::REPORT_HELD_FD),
+    };
+    let mut force_killed = false;
+    if last.is_none() {
+        // TASK_STARTING only for a task that is not running soon after its init started.
+        let starting_after = tokio::time::sleep(STARTING_AFTER);
+        tokio::pin!(starting_after);
+        let mut announced = !fresh;
+        let pipe = report_pipe.map_err(|e| e.to_string()).and_then(|p| {
+            tokio::net::unix::pipe::Receiver::from_owned_fd(p).map_err(|e| e.to_string())
+        });
+        match pipe {
+            Ok(pipe) => {
+                let mut lines = BufReader::new(pipe).lines();
+                let mut control_open = true;
+                loop {
+                    tokio::select! {
+                        line = lines.next_line() => match line {
+                            Ok(Some(l)) => match Report::parse(&l) {
+                                Some(Report::Started(pid)) => {
+                                    announced = true;
+                                    if !captured {
+                                        outputs = capture(env, &container_id, &init);
+                                        captured = true;
+                                    }
+                                    let _ = events.send(Event::Started { container_id: container_id.clone(), pid });
+                                }
+                                Some(r) => {
+                                    last = Some(r);
+                                    break;
+                                }
+                                None => tracing::warn!(container_id, line = l, "unexpected line from the task init"),
+                            },
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(container_id, "reading the task init's report: {e}");
+                                break;
                             }
-                            Some(r) => last = Some(r),
-                            None => tracing::warn!(container_id, line = l, "unexpected line from the task init"),
                         },
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::warn!(container_id, "reading the task init's report: {e}");
-                            break;
+                        _ = &mut starting_after, if !announced => {
+                            announced = true;
+                            let _ = events.send(Event::Launched { container_id: container_id.clone() });
                         }
-                    },
-                    _ = &mut starting_after, if !announced => {
-                        announced = true;
-                        let _ = events.send(Event::Launched { container_id: container_id.clone() });
+                        c = control.recv(), if control_open => match c {
+                            Some(Control::Terminate) => {
+                                if let Err(e) = crate::sys::pidfd_send_signal(init.pidfd.as_fd(), nix::sys::signal::Signal::SIGTERM) {
+                                    tracing::debug!(container_id, "SIGTERM to the task init: {e}");
+                                }
+                            }
+                            Some(Control::ForceKill) => {
+                                tracing::info!(container_id, "grace period over: killing the container (cgroup.kill)");
+                                force_killed = true;
+                                if let Err(e) = cgroup.kill() {
+                                    tracing::warn!(container_id, "{e}");
+                                }
+                            }
+                            None => control_open = false,
+                        },
                     }
-                    c = control.recv(), if control_open => match c {
-                        // The init is our unreaped child until `wait_exit` below: its pid
-                        // cannot have been reused.
-                        Some(Control::Terminate) => {
-                            if let Err(e) = nix::sys::signal::kill(init_pid, nix::sys::signal::Signal::SIGTERM) {
-                                tracing::debug!(container_id, "SIGTERM to the task init: {e}");
-                            }
-                        }
-                        Some(Control::ForceKill) => {
-                            tracing::info!(container_id, "grace period over: killing the container (cgroup.kill)");
-                            if let Err(e) = cgroup.kill() {
-                                tracing::warn!(container_id, "{e}");
-                            }
-                        }
-                        None => control_open = false,
-                    },
                 }
             }
+            Err(e) => tracing::warn!(container_id, "cannot read the task init's report: {e}"),
         }
-        Err(e) => tracing::warn!(container_id, "cannot read the task init's report: {e}"),
     }
-    let status = wait_exit(init).await;
+    if !captured {
+        // A launch that failed before the task started: its pipes, if any, are empty.
+        outputs = capture(env, &container_id, &init);
+    }
+    // The task is over. What it left behind may still hold its output pipes: kill all of it
+    // but the init, which keeps the pipes until every byte is in the files.
+    {
+        let (cg, keep) = (cgroup.clone(), init.pid.as_raw());
+        let _ = tokio::task::spawn_blocking(move || kill_all_but(&cg, keep)).await;
+    }
+    for d in outputs {
+        match tokio::time::timeout(DESTROY_TIMEOUT, d.wait()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(container_id, "task output: {e}"),
+            Err(_) => tracing::warn!(container_id, "task output not drained in time"),
+        }
+    }
+    if let Err(e) = cgroup.kill() {
+        tracing::debug!(container_id, "{e}");
+    }
+    let status = wait_exit(&init).await;
     // An OOM kill anywhere in the container (memory.oom.group takes all of it) is the end.
     if env.isolation.has("memory") {
         let cg = cgroup.clone();
@@ -212,13 +380,14 @@ async fn run_container(
         }
     }
     // The pipe can lose the last line only if the init died writing it; the file is the
-    // record a restarted agent would read too.
-    let last = last.or_else(|| crate::shim::read_exit_status(&run_dir));
+    // record a restarted agent reads too.
+    let last = last.or_else(|| crate::shim::read_exit_status(&init.run_dir));
     match (last, status) {
         (Some(Report::Ended(s)), _) => Outcome::Ended(s),
         (Some(Report::Failed(m)), _) => Outcome::Failed(m),
-        (_, Ok(WaitStatus::Signaled(_, sig, _))) => {
-            // Killed (cgroup.kill) before it could report: so was its task.
+        // Killed (cgroup.kill) before it could report: so was its task.
+        (_, _) if force_killed => Outcome::Ended(ExitStatus::Signal(libc::SIGKILL)),
+        (_, Ok(Some(WaitStatus::Signaled(_, sig, _)))) => {
             Outcome::Ended(ExitStatus::Signal(sig as i32))
         }
         (_, Ok(st)) => Outcome::Failed(format!("the task init ended ({st:?}) without a report")),
@@ -226,12 +395,35 @@ async fn run_container(
     }
 }
 
-/// Waits until the init exits (its pidfd turns readable) and reaps it.
-async fn wait_exit(init: SpawnedInit) -> Result<WaitStatus, String> {
-    crate::sys::pidfd_exited(init.pidfd)
+/// Kills every process of the container but `keep` (its init), until none is left. Blocking.
+fn kill_all_but(cgroup: &Cgroup, keep: i32) {
+    for _ in 0..1000 {
+        let Ok(pids) = cgroup.procs() else { return };
+        let others: Vec<i32> = pids.into_iter().filter(|p| *p != keep).collect();
+        if others.is_empty() {
+            return;
+        }
+        for pid in others {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Waits until the init exits (its pidfd turns readable) and reaps it if it is this agent's
+/// child (`None` for an adopted init, which its new parent reaps).
+async fn wait_exit(init: &Init) -> Result<Option<WaitStatus>, String> {
+    let pidfd = init.pidfd.try_clone().map_err(|e| e.to_string())?;
+    crate::sys::pidfd_exited(pidfd)
         .await
         .map_err(|e| format!("cannot watch the init's pidfd: {e}"))?;
-    nix::sys::wait::waitpid(init.pid, None).map_err(|e| e.to_string())
+    if !init.child {
+        return Ok(None);
+    }
+    nix::sys::wait::waitpid(init.pid, None).map(Some).map_err(|e| e.to_string())
 }
 
 /// Spawns the init of a prepared container. Blocking (the calling thread waits until the
@@ -270,6 +462,7 @@ fn spawn(
                 // The init is this process's child (CLONE_PARENT) and unreaped.
                 let pidfd = crate::sys::pidfd_open(pid)
                     .map_err(|e| format!("cannot open a pidfd for the task init: {e}"))?;
+                record_init(&p.run_dir, pid);
                 return Ok((SpawnedInit { pid, pidfd, path }, report_read, p.run_dir));
             }
             Ok(None) => clear_container(cgroup),
@@ -278,7 +471,25 @@ fn spawn(
     }
     let init = crate::sys::spawn_init(&req)
         .map_err(|e| format!("cannot start the task init {}: {e}", env.launcher.display()))?;
+    record_init(&p.run_dir, init.pid);
     Ok((init, report_read, p.run_dir))
+}
+
+/// Writes [`INIT_FILE`] (replaced atomically, not fsynced: see there).
+fn record_init(run_dir: &Path, pid: nix::unistd::Pid) {
+    let start = match crate::host::process_start_time(pid.as_raw()) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(pid = pid.as_raw(), "cannot read the init's start time: {e}");
+            return;
+        }
+    };
+    let tmp = run_dir.join(format!(".{INIT_FILE}.tmp"));
+    let written = fs::write(&tmp, format!("{} {start}\n", pid.as_raw()))
+        .and_then(|()| fs::rename(&tmp, run_dir.join(INIT_FILE)));
+    if let Err(e) = written {
+        tracing::warn!(dir = %run_dir.display(), "cannot record the task init: {e}");
+    }
 }
 
 /// Before the agent spawns an init itself because its launcher died mid-request: an init

@@ -31,6 +31,7 @@
 
 mod args;
 pub mod cgroup;
+pub mod checkpoint;
 mod clock;
 mod conn;
 pub mod core;
@@ -40,6 +41,7 @@ mod http;
 pub mod isolation;
 mod launch;
 mod launcher;
+pub mod output;
 mod paths;
 mod shell;
 mod shim;
@@ -52,7 +54,7 @@ pub use args::AgentArgs;
 pub use error::AgentError;
 pub use launcher::{LAUNCHER_ARG, launcher_main};
 pub use shell::{run, run_until};
-pub use shim::task_init_main;
+pub use shim::{STDERR_HELD_FD, STDOUT_HELD_FD, task_init_main};
 
 /// `argv[1]` of the per-task init: the `corral` binary calls [`task_init_main`] when it sees
 /// it, before it starts any runtime.

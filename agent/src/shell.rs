@@ -89,6 +89,90 @@ struct Setup {
     listener: tokio::net::TcpListener,
     env: Arc<LaunchEnv>,
     registration: Registration,
+    recovery: Recovery,
+}
+
+/// What a restarted agent takes over.
+#[derive(Default)]
+struct Recovery {
+    agent_id: Option<String>,
+    tasks: Vec<crate::checkpoint::TaskCheckpoint>,
+    /// Containers whose init still runs, with it.
+    adopt: Vec<(crate::core::Launch, launch::Adopted)>,
+    /// Containers whose init is gone: how each ended, as far as can be told.
+    gone: Vec<Event>,
+}
+
+/// Reads the checkpoints and finds the inits of the containers they name. After a reboot
+/// (another boot id) nothing is taken over and the checkpoints are moved aside.
+fn recover(work_dir: &Path, mode: crate::checkpoint::RecoverMode) -> Result<Recovery, AgentError> {
+    use crate::checkpoint;
+    use crate::core::{ExitStatus, Launch};
+    let found = checkpoint::recover(work_dir, mode)?;
+    let Some(agent) = found.agent else { return Ok(Recovery::default()) };
+    let boot = host::boot_id();
+    if agent.boot_id != boot {
+        tracing::warn!(
+            agent_id = agent.agent_id,
+            "the host rebooted since the last run: its tasks are gone; registering as a new agent"
+        );
+        let stamp = clock::now().wall_ns / 1_000_000_000;
+        if let Err(e) = checkpoint::retire(work_dir, stamp) {
+            tracing::warn!("cannot move the old checkpoints aside: {e}");
+        }
+        return Ok(Recovery::default());
+    }
+    let mut out = Recovery { agent_id: Some(agent.agent_id.clone()), ..Default::default() };
+    for t in &found.tasks {
+        let Some(cid) = t.container_id.clone() else { continue };
+        if t.phase >= 3 {
+            continue;
+        }
+        let run_dir = paths::run_dir(work_dir, &cid);
+        let launch = Launch {
+            container_id: cid.clone(),
+            agent_id: t.agent_id.clone(),
+            framework: t.framework.clone(),
+            task: t.spec.clone(),
+            executor_container: t.executor_container.clone(),
+        };
+        match launch::find_init(&run_dir) {
+            Ok(Some(init)) => {
+                tracing::info!(
+                    container_id = cid,
+                    pid = init.pid.as_raw(),
+                    "taking over the container"
+                );
+                out.adopt.push((launch, init));
+            }
+            found => {
+                let why = match found {
+                    Err(e) => e,
+                    _ => "its init is gone".to_string(),
+                };
+                let event = match crate::shim::read_exit_status(&run_dir) {
+                    Some(crate::shim::Report::Ended(status)) => {
+                        Event::Exited { container_id: cid, status }
+                    }
+                    Some(crate::shim::Report::Failed(message)) => {
+                        Event::LaunchFailed { container_id: cid, message }
+                    }
+                    _ if t.phase == 0 => Event::LaunchFailed {
+                        container_id: cid,
+                        message: format!("the agent restarted while launching the task ({why})"),
+                    },
+                    _ => Event::Exited {
+                        container_id: cid,
+                        status: ExitStatus::Signal(libc::SIGKILL),
+                    },
+                };
+                tracing::warn!(?event, "a checkpointed container cannot be taken over: {why}");
+                out.gone.push(event);
+            }
+        }
+    }
+    out.tasks = found.tasks;
+    Ok(out)
 }
 
 impl Setup {
@@ -148,22 +232,30 @@ impl Setup {
             });
         }
         let cgroups = Cgroup::new(root.join(&parent_name));
+        // What an earlier run of this agent left: its id and tasks, if this is the same boot.
+        let recovery = recover(&work_dir, args.recover)?;
         cgroups.create()?;
-        // Containers of an earlier agent on this port (SIGKILLed, or its host rebooted into
-        // a stale tree): their tasks were already reported lost when that agent went away.
+        // Containers of an earlier agent on this port that are not taken over (no checkpoint,
+        // or their init is gone): nothing will report on them, so they go.
+        let adopted: std::collections::HashSet<&str> =
+            recovery.adopt.iter().map(|(l, _)| l.container_id.as_str()).collect();
         match cgroups.children() {
-            Ok(c) if !c.is_empty() => {
-                tracing::warn!(
-                    cgroup = %cgroups.path().display(),
-                    "removing containers an earlier agent left behind: {c:?}"
-                );
-                for name in c {
+            Ok(c) => {
+                let stale: Vec<String> =
+                    c.into_iter().filter(|n| !adopted.contains(n.as_str())).collect();
+                if !stale.is_empty() {
+                    tracing::warn!(
+                        cgroup = %cgroups.path().display(),
+                        "removing containers an earlier agent left behind: {stale:?}"
+                    );
+                }
+                for name in stale {
                     if let Err(e) = cgroups.child(&name).destroy_tree(DESTROY_STALE_TIMEOUT) {
                         tracing::warn!("{e}");
                     }
                 }
             }
-            _ => {}
+            Err(e) => tracing::warn!("{e}"),
         }
         let agent_user = AgentUser::current();
         let setup = isolation::setup(
@@ -217,6 +309,11 @@ impl Setup {
             tracing::warn!("isolation ({}): {line}", iso.policy.as_str());
         }
         let hostname = args.hostname.clone().unwrap_or_else(host::hostname);
+        let output = crate::output::Output::start(crate::output::Rotation {
+            max_size: args.task_log_max_size,
+            keep: args.task_log_keep,
+        })
+        .map_err(AgentError::Output)?;
         let forker = match crate::launcher::Launcher::start(&launcher) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -263,8 +360,10 @@ impl Setup {
                 hostname,
                 forker,
                 telemetry,
+                output,
             }),
             registration,
+            recovery,
         })
     }
 }
@@ -414,6 +513,28 @@ impl Shell {
                     tracing::warn!(container_id, "cannot resize the container: {e}");
                 }
             }
+            Command::Checkpoint(task) => {
+                if let Err(e) = crate::checkpoint::write_task(&self.env.work_dir, &task) {
+                    tracing::error!("{e}");
+                }
+            }
+            Command::RemoveCheckpoint(key) => {
+                let work_dir = &self.env.work_dir;
+                if let Err(e) =
+                    crate::checkpoint::remove_task(work_dir, &key.framework_id, &key.task_id)
+                {
+                    tracing::error!("{e}");
+                }
+            }
+            Command::CheckpointAgent { agent_id } => {
+                let a = crate::checkpoint::AgentCheckpoint {
+                    agent_id,
+                    boot_id: lock(&self.core).registration().boot_id.clone(),
+                };
+                if let Err(e) = crate::checkpoint::write_agent(&self.env.work_dir, &a) {
+                    tracing::error!("{e}");
+                }
+            }
             Command::Exit { reason } => {
                 tracing::error!(reason, "the master refused this agent; stopping");
                 self.refused.get_or_insert(reason);
@@ -492,7 +613,18 @@ async fn serve(
         retry_max: args.status_update_retry_max.max(args.status_update_retry_min),
         completed_capacity: COMPLETED_TASKS,
     };
-    let core: SharedCore = Arc::new(Mutex::new(Core::new(config, Box::new(RandomIds))));
+    let mut recovery = setup.recovery;
+    let mut core = Core::new(config, Box::new(RandomIds));
+    if let Some(agent_id) = recovery.agent_id.take() {
+        tracing::info!(
+            agent_id,
+            tasks = recovery.tasks.len(),
+            running = recovery.adopt.len(),
+            "recovering from the checkpoint"
+        );
+        core.recover(clock::now(), agent_id, std::mem::take(&mut recovery.tasks));
+    }
+    let core: SharedCore = Arc::new(Mutex::new(core));
 
     let (executor_tx, mut executor_rx) = mpsc::unbounded_channel();
     let router = http::router(Arc::new(HttpState {
@@ -501,6 +633,7 @@ async fn serve(
         executors: executor_tx,
         next_stream: std::sync::atomic::AtomicU64::new(1),
         telemetry: setup.env.telemetry.clone(),
+        output: setup.env.output.clone(),
     }));
     let (usage_tx, mut usage_rx) = mpsc::unbounded_channel();
     if let Err(e) = crate::telemetry::spawn_sampler(setup.env.telemetry.clone(), usage_tx) {
@@ -536,6 +669,14 @@ async fn serve(
         refused: None,
         executor_streams: HashMap::new(),
     };
+    for (launch, init) in recovery.adopt {
+        let id = launch.container_id.clone();
+        let handle = launch::adopt(shell.env.clone(), launch, init, shell.container_events.clone());
+        shell.containers.insert(id, handle);
+    }
+    for event in recovery.gone {
+        shell.apply(Input::Event(event));
+    }
     let mut shutdown = std::pin::pin!(shutdown);
     let mut drain_until: Option<Instant> = None;
     loop {

@@ -7,30 +7,37 @@
 //! - The agent spawns it straight into the task's cgroup, in a new session, with the signals
 //!   of [`crate::sys::init_signals`] blocked (`sys::spawn_init`); stdin is `/dev/null`, stdout
 //!   is a pipe to the agent (the report channel), stderr is the sandbox's `stderr` file (so
-//!   its own complaints reach the user). Its environment is empty. It gets no parent-death
-//!   signal.
+//!   its complaints before the task starts reach the user). Its environment is empty. It gets
+//!   no parent-death signal.
+//! - It makes the task's output pipes and keeps read ends of them, and of its report pipe, at
+//!   fixed descriptors ([`REPORT_HELD_FD`], [`STDOUT_HELD_FD`], [`STDERR_HELD_FD`]): the agent
+//!   takes copies with `pidfd_getfd` (see `output`), and while no agent runs the pipes keep a
+//!   reader, so the task's output and the init's reports wait there for the next agent.
 //! - With [`InitIsolation::namespaces`] it is pid 1 of new pid, mount, uts and ipc namespaces
 //!   (and of a new network namespace when asked). Before the task starts it makes every mount
 //!   private, mounts a fresh `/proc` (so the task sees only its own processes), bind-mounts
 //!   the sandbox's `tmp` over `/tmp`, sets the hostname and brings loopback up. As pid 1 it
-//!   reaps every orphan; when the task ends, so does the init, and the kernel kills whatever
-//!   else is left in the namespace. Without namespaces it is a child subreaper instead.
+//!   reaps every orphan. Without namespaces it is a child subreaper instead.
 //! - `argv`: `[launcher, "__task-init", RUN_DIR]`. `RUN_DIR/task.json` is the [`ShimSpec`]:
 //!   program, argv, environment, sandbox, and the uid/gid/groups to run as (resolved by the
 //!   agent, so the init needs no user database).
 //! - It reports one line per event on stdout ([`Report`]): `started <pid>`, then
 //!   `exited <code>` or `signaled <signo>`; or `failed <message>` if the task could not start.
 //!   The final line is also written atomically (temp file, fsync, rename, fsync of the
-//!   directory) to `RUN_DIR/exit_status` before it is sent, and the init then exits 0 (1 after
-//!   `failed`). SIGPIPE is ignored: with the agent gone the report write fails, nothing else.
-//! - SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to it are forwarded: to every
-//!   process of the container's pid namespace, or without one to the task's process group.
+//!   directory) to `RUN_DIR/exit_status` before it is sent. SIGPIPE is ignored.
+//! - Then it does not exit: it lingers, reaping, holding the pipes, until the agent has
+//!   killed what is left of the container, moved the last byte of output and removed the
+//!   container with `cgroup.kill`. So a task that ends while no agent runs loses neither its
+//!   exit status nor its output.
+//! - SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to it while the task runs are
+//!   forwarded: to every process of the container's pid namespace, or without one to the
+//!   task's process group.
 //!
 //! The task: its own process group, cwd the sandbox, stdin `/dev/null`, stdout/stderr the
-//! sandbox's files, the spec's environment only, default signal dispositions and an empty
-//! signal mask (restored explicitly: std does not), no descriptor but 0, 1 and 2, the bounding
-//! set cut down to [`DEFAULT_CAPABILITIES`] (and no capabilities at all unless it runs as
-//! root).
+//! write ends of the output pipes, the spec's environment only, default signal dispositions
+//! and an empty signal mask (restored explicitly: std does not), no descriptor but 0, 1 and 2,
+//! the bounding set cut down to [`DEFAULT_CAPABILITIES`] (and no capabilities at all unless it
+//! runs as root).
 #![forbid(unsafe_code)]
 
 use std::fs;
@@ -217,6 +224,17 @@ impl Report {
     }
 }
 
+/// Where the init keeps a read end of its report pipe (its stdout), so that the pipe keeps a
+/// reader while no agent runs and a restarted agent can take it (`pidfd_getfd`).
+pub const REPORT_HELD_FD: i32 = 100;
+/// Where the init keeps the read end of the task's stdout pipe.
+pub const STDOUT_HELD_FD: i32 = 101;
+/// Where the init keeps the read end of the task's stderr pipe.
+pub const STDERR_HELD_FD: i32 = 102;
+/// What the init asks of an output pipe's size: how much a task may write while no agent
+/// moves it before the task blocks.
+const OUTPUT_PIPE_SIZE: i32 = 1 << 20;
+
 /// Reads what a container's init recorded about the task's end, if anything.
 pub fn read_exit_status(run_dir: &Path) -> Option<Report> {
     let text = fs::read_to_string(run_dir.join(EXIT_STATUS_FILE)).ok()?;
@@ -240,8 +258,10 @@ pub fn run_init(run_dir: Option<PathBuf>) -> ! {
     // Held open: the container's mounts may hide the run directory's path (a work dir under
     // /tmp), and the exit status is written through the descriptor.
     let run_dir_fd = run_dir.as_ref().map(fs::File::open);
+    // Descriptors that must stay open until this process is killed.
+    let mut held: Vec<std::os::fd::OwnedFd> = Vec::new();
     let final_report = match (&run_dir, &run_dir_fd) {
-        (Some(dir), Some(Ok(_))) => run_task(dir),
+        (Some(dir), Some(Ok(_))) => run_task(dir, &mut held),
         (Some(dir), Some(Err(e))) => Report::Failed(format!("cannot open {}: {e}", dir.display())),
         _ => Report::Failed("task init needs the run directory as its second argument".into()),
     };
@@ -252,7 +272,38 @@ pub fn run_init(run_dir: Option<PathBuf>) -> ! {
         }
     }
     report(&final_report);
-    std::process::exit(if matches!(final_report, Report::Failed(_)) { 1 } else { 0 })
+    linger(held)
+}
+
+/// After the task: the init stays, holding the pipes, until the agent has moved every byte of
+/// output and removes the container (`cgroup.kill`). If no agent runs meanwhile, the output
+/// and the report wait in the pipes for the next one. It only reaps what ends.
+fn linger(held: Vec<std::os::fd::OwnedFd>) -> ! {
+    let signals = crate::sys::init_signals();
+    let _ = signals.thread_block();
+    loop {
+        if let Ok(Signal::SIGCHLD) = signals.wait() {
+            while let Ok(st) = nix::sys::wait::waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                if st == WaitStatus::StillAlive {
+                    break;
+                }
+            }
+        }
+        // Keep `held` alive for as long as the loop runs.
+        std::hint::black_box(&held);
+    }
+}
+
+/// Makes the task's output pipe: the write end for the task, the read end held at `at`.
+fn output_pipe(at: i32, held: &mut Vec<std::os::fd::OwnedFd>) -> Result<Stdio, Report> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| Report::Failed(format!("cannot make an output pipe: {e}")))?;
+    // Best effort: a smaller pipe only means a task blocks sooner while no agent runs.
+    let _ = nix::fcntl::fcntl(&r, nix::fcntl::FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_SIZE));
+    let r = crate::sys::hold_fd_at(r, at)
+        .map_err(|e| Report::Failed(format!("cannot hold an output pipe: {e}")))?;
+    held.push(r);
+    Ok(Stdio::from(w))
 }
 
 /// Writes a report line to the agent; a vanished agent is not an error.
@@ -263,7 +314,7 @@ fn report(r: &Report) {
 }
 
 /// Starts the task, forwards signals until it ends, and returns the final report.
-fn run_task(run_dir: &Path) -> Report {
+fn run_task(run_dir: &Path, held: &mut Vec<std::os::fd::OwnedFd>) -> Report {
     let signals = crate::sys::init_signals();
     // Normally already blocked by the agent; blocking again makes the init self-sufficient.
     if let Err(e) = signals.thread_block() {
@@ -277,6 +328,20 @@ fn run_task(run_dir: &Path) -> Report {
         Ok(s) => s,
         Err(e) => return Report::Failed(format!("cannot read {}: {e}", spec_path.display())),
     };
+    // A reader for the report pipe that lives as long as this init (opening the pipe
+    // through /proc gives a read end of the same pipe).
+    match fs::File::open("/proc/self/fd/1") {
+        Ok(f) => match crate::sys::hold_fd_at(f.into(), REPORT_HELD_FD) {
+            Ok(fd) => held.push(fd),
+            Err(e) => eprintln!("corral task init: cannot hold the report pipe: {e}"),
+        },
+        Err(e) => eprintln!("corral task init: cannot open the report pipe for reading: {e}"),
+    }
+    let (stdout, stderr) =
+        match (output_pipe(STDOUT_HELD_FD, held), output_pipe(STDERR_HELD_FD, held)) {
+            (Ok(o), Ok(e)) => (o, e),
+            (Err(r), _) | (_, Err(r)) => return r,
+        };
     let iso = &spec.isolation;
     if iso.namespaces {
         if let Err(e) = crate::sys::setup_container_namespaces(
@@ -290,17 +355,6 @@ fn run_task(run_dir: &Path) -> Report {
     } else if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         eprintln!("corral task init: cannot become a subreaper: {e}");
     }
-    let open = |name: &str| {
-        let p = spec.log_dir.as_ref().unwrap_or(&spec.sandbox).join(name);
-        fs::OpenOptions::new()
-            .append(true)
-            .open(&p)
-            .map_err(|e| Report::Failed(format!("cannot open {}: {e}", p.display())))
-    };
-    let (stdout, stderr) = match (open("stdout"), open("stderr")) {
-        (Ok(o), Ok(e)) => (o, e),
-        (Err(r), _) | (_, Err(r)) => return r,
-    };
     let Some(argv0) = spec.argv.first() else {
         return Report::Failed("empty argv".into());
     };
@@ -320,7 +374,10 @@ fn run_task(run_dir: &Path) -> Report {
         .is_root()
         .then(|| crate::sys::CapDrop::new(default_capability_mask()));
     crate::sys::prepare_task_exec(&mut cmd, ids, caps);
-    let child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    // The write ends of the output pipes must live only in the task, or they never end.
+    drop(cmd);
+    let child = match spawned {
         Ok(c) => c,
         Err(e) => {
             let who =
@@ -329,6 +386,13 @@ fn run_task(run_dir: &Path) -> Report {
         }
     };
     let pid = Pid::from_raw(child.id() as i32);
+    // From here on the task's stderr file is written only by the agent (at its own offset):
+    // the init's complaints go nowhere rather than between the task's bytes.
+    if let Ok(null) = fs::File::open("/dev/null")
+        && let Ok(fd) = crate::sys::hold_fd_at(null.into(), 2)
+    {
+        held.push(fd);
+    }
     report(&Report::Started(child.id()));
     loop {
         let sig = match signals.wait() {

@@ -804,3 +804,69 @@ pub fn close_inherited_fds() -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A pidfd for any process `pid` (not necessarily a child). The pid may have been reused by
+/// the time this returns: the caller checks the process's identity (its start time) after
+/// the pidfd is open, which pins it.
+pub fn pidfd_open_any(pid: Pid) -> io::Result<OwnedFd> {
+    pidfd_open(pid)
+}
+
+/// A duplicate, in this process, of descriptor `fd` of the process behind `pidfd`
+/// (`pidfd_getfd(2)`, Linux 5.6+; needs ptrace rights over it, which a root agent has over
+/// its inits). The new descriptor is close-on-exec.
+pub fn pidfd_getfd(pidfd: BorrowedFd<'_>, fd: c_int) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_getfd(2) with a valid pidfd and plain integers; the result is checked.
+    let r = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0u32) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new descriptor installed in this process that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(r as c_int) })
+}
+
+/// Sends `sig` to the process behind `pidfd` (never to a process that reused its pid).
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: nix::sys::signal::Signal) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal(2) with a valid pidfd, a signal number and no siginfo.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig as c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
+    if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+}
+
+/// Moves `fd` to descriptor number `target` (close-on-exec), closing what was there: the
+/// per-task init keeps the read ends of its pipes at fixed numbers, so a restarted agent knows
+/// where to find them with [`pidfd_getfd`].
+pub fn hold_fd_at(fd: OwnedFd, target: c_int) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() == target {
+        return Ok(fd);
+    }
+    // SAFETY: dup3(2) on a descriptor we own. In the single-threaded init, `target` is not
+    // owned by any File or OwnedFd (the init chooses numbers far above what it opens), so
+    // nothing is invalidated by dup3 replacing it.
+    let r = unsafe { libc::dup3(fd.as_raw_fd(), target, libc::O_CLOEXEC) };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(fd);
+    // SAFETY: dup3 installed `target` as a new descriptor that only this call knows about.
+    Ok(unsafe { OwnedFd::from_raw_fd(r) })
+}
+
+/// Queues `entry` on the output ring; false if the submission queue is full.
+///
+/// Only for entries that name no memory (poll and splice between descriptors): the kernel
+/// reads nothing but the entry itself, which it copies at submission, so no buffer can be
+/// freed under it.
+pub fn uring_push(ring: &mut io_uring::IoUring, entry: &io_uring::squeue::Entry) -> bool {
+    // SAFETY: see above: the entries pushed here carry descriptors and integers only; the
+    // descriptors stay open until their completions are reaped (the output thread owns them
+    // and drops a stream only after both of its operations completed).
+    unsafe { ring.submission().push(entry).is_ok() }
+}

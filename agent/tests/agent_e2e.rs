@@ -728,8 +728,14 @@ async fn kill_within_grace() {
     assert_eq!(seen, vec!["0", "1", "2"], "task fds: {seen:?}");
     let link = |fd: u32| std::fs::read_link(format!("/proc/{task_pid}/fd/{fd}")).expect("fd link");
     assert_eq!(link(0), Path::new("/dev/null"));
-    assert_eq!(link(1), sandbox.join("stdout"));
-    assert_eq!(link(2), sandbox.join("stderr"));
+    // stdout and stderr are two pipes (the agent moves them into the sandbox's files); no
+    // other descriptor (the agent's io_uring ring, the init's held pipe ends) leaked in.
+    let (out, err) = (link(1), link(2));
+    assert!(
+        out.to_string_lossy().starts_with("pipe:[") && err.to_string_lossy().starts_with("pipe:["),
+        "{out:?} {err:?}"
+    );
+    assert_ne!(out, err);
     // The init leads its own session; the task leads its own process group in it.
     let stat = |pid: i32| -> Vec<String> {
         let s = read(Path::new(&format!("/proc/{pid}/stat")));
@@ -1034,8 +1040,13 @@ async fn init_outlives_agent() {
     let exit_file = agent.work_dir.join("containers").join(&cid).join("exit_status");
     eventually("the init to record the exit", || exit_file.exists()).await;
     assert_eq!(read(&exit_file), "exited 7\n");
-    assert_eq!(read(&agent.sandbox_stdout("survivor", &cid)), "done\n");
-    eventually("the init to exit", || !pid_running(init_pid)).await;
+    // The output waits in the pipe for the next agent, held open by the init, which stays.
+    assert_eq!(read(&agent.sandbox_stdout("survivor", &cid)), "");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(pid_running(init_pid), "the init lingers, holding the task's output");
+    let held = std::fs::read_link(format!("/proc/{init_pid}/fd/{}", corral_agent::STDOUT_HELD_FD))
+        .expect("the init holds the stdout pipe");
+    assert!(held.to_string_lossy().starts_with("pipe:["), "{held:?}");
 
     // Nobody recovers it yet: clean up the way a restarted agent will.
     let cg = corral_agent::cgroup::Cgroup::new(&container);
