@@ -216,7 +216,14 @@ pub fn recover(work_dir: &Path, mode: RecoverMode) -> Result<Recovered, Checkpoi
     let fail = |e: CheckpointError, out: &mut Recovered| match mode {
         RecoverMode::Strict => Err(e),
         RecoverMode::NonStrict => {
-            tracing::warn!("skipping: {e}");
+            // Moved aside (kept for a post-mortem), so the next start does not trip on it.
+            let path = match &e {
+                CheckpointError::Io { path, .. } | CheckpointError::Corrupt { path, .. } => path,
+            };
+            let mut aside = path.as_os_str().to_owned();
+            aside.push(".corrupt");
+            let _ = fs::rename(path, &aside);
+            tracing::warn!("skipping (moved aside to {}): {e}", Path::new(&aside).display());
             out.skipped.push(e);
             Ok(())
         }
@@ -249,9 +256,12 @@ pub fn recover(work_dir: &Path, mode: RecoverMode) -> Result<Recovered, Checkpoi
         for file in list(&fw.join("tasks"))? {
             let name =
                 file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            if name.starts_with('.') {
+            if name.starts_with('.') && name.ends_with(".tmp") {
                 // A temp file of a write that never finished: the old file (if any) stands.
                 let _ = fs::remove_file(&file);
+                continue;
+            }
+            if !name.ends_with(".ckpt") {
                 continue;
             }
             match read_file::<TaskCheckpoint>(&file) {
@@ -356,6 +366,9 @@ mod tests {
         let ids: Vec<_> = r.tasks.iter().map(|t| t.spec.task_id.as_str()).collect();
         assert_eq!(ids, ["t1", "t3"]);
         assert_eq!(r.skipped.len(), 1);
+        // Moved aside: the next strict start reads the rest.
+        assert!(!bad.exists());
+        assert_eq!(recover(w, RecoverMode::Strict).unwrap().tasks.len(), 2);
     }
 
     #[test]

@@ -224,6 +224,25 @@ impl Cluster {
         self.agents[i] = spawn(&format!("agent-{i}-restarted"), self.dir.path(), &args);
     }
 
+    /// `kill -9` of agent `i`: it gets no chance to clean up. Returns once it is reaped.
+    pub fn kill_agent(&mut self, i: usize) {
+        self.agents[i].signal(Signal::SIGKILL);
+        let _ = self.agents[i].child.wait();
+    }
+
+    /// Starts agent `i` again with the same flags, port and work dir (after [`kill_agent`]).
+    ///
+    /// [`kill_agent`]: Cluster::kill_agent
+    pub fn start_agent_again(&mut self, i: usize) {
+        let args: Vec<&str> = self.agent_args[i].iter().map(String::as_str).collect();
+        self.agents[i] = spawn(&format!("agent-{i}-restarted"), self.dir.path(), &args);
+    }
+
+    /// The flags agent `i` was started with.
+    pub fn agent_args(&self, i: usize) -> &[String] {
+        &self.agent_args[i]
+    }
+
     pub fn master_addr(&self) -> MasterAddr {
         format!("127.0.0.1:{}", self.master_port).parse().expect("valid address")
     }
