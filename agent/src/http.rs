@@ -435,16 +435,29 @@ pub fn open_inside(work_dir: &Path, path: &str) -> Result<(fs::File, u64), Files
 
 /// `/files/read`: up to `length` (capped at [`MAX_READ`]) bytes at `offset`; `offset = -1`
 /// asks for the size only. Returns the data (lossy UTF-8) and the offset it starts at.
+#[cfg(test)]
 pub fn read_chunk(
     work_dir: &Path,
     path: &str,
     offset: Option<i64>,
     length: Option<i64>,
 ) -> Result<(String, u64), FilesError> {
+    read_chunk_of(work_dir, path, offset, length).map(|(d, o, _)| (d, o))
+}
+
+/// [`read_chunk`], with the inode of the file the bytes came from.
+fn read_chunk_of(
+    work_dir: &Path,
+    path: &str,
+    offset: Option<i64>,
+    length: Option<i64>,
+) -> Result<(String, u64, u64), FilesError> {
+    use std::os::unix::fs::MetadataExt as _;
     let (mut file, size) = open_inside(work_dir, path)?;
+    let inode = file.metadata().map(|m| m.ino()).unwrap_or(0);
     let offset = match offset {
         None => 0,
-        Some(-1) => return Ok((String::new(), size)),
+        Some(-1) => return Ok((String::new(), size, inode)),
         Some(o) if o < 0 => return Err(FilesError::BadRequest(format!("Negative offset {o}"))),
         Some(o) => o as u64,
     };
@@ -454,24 +467,34 @@ pub fn read_chunk(
         Some(l) => (l as u64).min(MAX_READ),
     };
     if offset >= size {
-        return Ok((String::new(), offset));
+        return Ok((String::new(), offset, inode));
     }
     let mut buf = Vec::new();
     file.seek(SeekFrom::Start(offset)).map_err(|e| FilesError::Internal(e.to_string()))?;
     file.take(length.min(size - offset))
         .read_to_end(&mut buf)
         .map_err(|e| FilesError::Internal(e.to_string()))?;
-    Ok((String::from_utf8_lossy(&buf).into_owned(), offset))
+    // A character cut at the end of the chunk is left for the next read, so a reader that
+    // goes on at `offset + data.len()` sees it whole (never a replacement character).
+    if let Err(e) = std::str::from_utf8(&buf)
+        && e.error_len().is_none()
+        && e.valid_up_to() > 0
+    {
+        buf.truncate(e.valid_up_to());
+    }
+    Ok((String::from_utf8_lossy(&buf).into_owned(), offset, inode))
 }
 
 async fn files_read(State(s): State<Arc<HttpState>>, Query(q): Query<FilesQuery>) -> Response {
     let work_dir = s.work_dir.clone();
     let result =
-        tokio::task::spawn_blocking(move || read_chunk(&work_dir, &q.path, q.offset, q.length))
+        tokio::task::spawn_blocking(move || read_chunk_of(&work_dir, &q.path, q.offset, q.length))
             .await;
     match result {
-        Ok(Ok((data, offset))) => {
-            axum::Json(json!({ "data": data, "offset": offset })).into_response()
+        Ok(Ok((data, offset, inode))) => {
+            // `inode` is Corral's: it tells a follower (`corral logs -f`) that the file was
+            // rotated. Mesos clients ignore it.
+            axum::Json(json!({ "data": data, "offset": offset, "inode": inode })).into_response()
         }
         Ok(Err(e)) => e.into_response(),
         Err(e) => FilesError::Internal(e.to_string()).into_response(),
@@ -516,6 +539,7 @@ fn file_info(path: &Path, meta: &fs::Metadata) -> Value {
         "path": path.to_string_lossy(),
         "nlink": meta.nlink(),
         "size": meta.size(),
+        "inode": meta.ino(),
         "mtime": meta.mtime() as f64 + f64::from(meta.mtime_nsec() as u32) / 1e9,
         "mode": mode_string(meta.mode()),
         "uid": user,

@@ -134,6 +134,33 @@ pub async fn read_agent_file(agent_base: &str, path: &str) -> Result<Vec<u8>, Cl
     resp.bytes().await.map(|b| b.to_vec()).map_err(|source| ClientError::Http { url, source })
 }
 
+/// The sandbox directory an agent lists for a task (its command executor's `directory` in the
+/// agent's `/state`, running or completed).
+pub async fn sandbox_of(
+    agent_base: &str,
+    framework_id: &str,
+    task_id: &str,
+) -> Result<Option<String>, ClientError> {
+    let state = get_json(&format!("{agent_base}/state")).await?;
+    Ok(state["frameworks"]
+        .as_array()
+        .into_iter()
+        .chain(state["completed_frameworks"].as_array())
+        .flatten()
+        .filter(|f| f["id"] == framework_id)
+        .flat_map(|f| {
+            f["executors"]
+                .as_array()
+                .into_iter()
+                .chain(f["completed_executors"].as_array())
+                .flatten()
+                .cloned()
+                .collect::<Vec<_>>()
+        })
+        .find(|e| e["id"] == task_id)
+        .and_then(|e| e["directory"].as_str().map(String::from)))
+}
+
 fn urlencode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {

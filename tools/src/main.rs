@@ -13,6 +13,7 @@ mod bench;
 mod bench_sim;
 mod certs;
 mod dev;
+mod logs;
 mod run;
 mod tables;
 mod top;
@@ -59,6 +60,9 @@ enum Command {
     /// A live view of the cluster's running tasks and what they use (CPU, memory, run-queue
     /// latency, network), sortable; `--batch` prints plain tables.
     Top(top::TopArgs),
+    /// Print a task's stdout (or `--stderr`) from its sandbox; `-f` follows it, across
+    /// rotations, until the task ends.
+    Logs(logs::LogsArgs),
     /// Make TLS material for a cluster (CA, master and agent certificates).
     Certs(certs::CertsArgs),
     /// Benchmarks: `corral bench launch` (task launch latency and throughput vs crun).
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
             Command::Frameworks(args) => tables::frameworks(args).await,
             Command::Tasks(args) => tables::tasks(args).await,
             Command::Top(args) => top::run(args).await,
+            Command::Logs(args) => logs::run(args).await.map(|()| ExitCode::SUCCESS),
             Command::Certs(args) => certs::run(args),
             Command::Bench(args) => bench::run(args).await,
         }

@@ -242,30 +242,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// Finds the task's sandbox through the agent's /state and prints stdout and stderr.
 async fn print_output(agent_base: &str, framework_id: &str, task_id: &str, agent: &v1::AgentId) {
-    let state = match client::get_json(&format!("{agent_base}/state")).await {
-        Ok(s) => s,
+    let dir = match client::sandbox_of(agent_base, framework_id, task_id).await {
+        Ok(d) => d,
         Err(e) => {
             say(format!("cannot read the task's output from agent {}: {e}", agent.value));
             return;
         }
     };
-    let dir = state["frameworks"]
-        .as_array()
-        .into_iter()
-        .chain(state["completed_frameworks"].as_array())
-        .flatten()
-        .filter(|f| f["id"] == framework_id)
-        .flat_map(|f| {
-            f["executors"]
-                .as_array()
-                .into_iter()
-                .chain(f["completed_executors"].as_array())
-                .flatten()
-                .cloned()
-                .collect::<Vec<_>>()
-        })
-        .find(|e| e["id"] == task_id)
-        .and_then(|e| e["directory"].as_str().map(String::from));
     let Some(dir) = dir else {
         say(format!("agent {} does not list a sandbox for task {task_id}", agent.value));
         return;
