@@ -41,6 +41,8 @@ const CHUNK: u32 = 1 << 20;
 /// more than one submit per round).
 const RING_ENTRIES: u32 = 1024;
 const WAKE: u64 = u64::MAX;
+/// At most this many io_uring worker threads move output.
+const MAX_IOWQ_WORKERS: u32 = 4;
 
 /// When to rotate a task's output files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,6 +147,14 @@ impl Output {
 /// A ring restricted to what the output thread submits.
 fn restricted_ring() -> io::Result<IoUring> {
     let ring = IoUring::builder().setup_r_disabled().build(RING_ENTRIES)?;
+    // Splices run in io_uring's worker threads. Left alone it starts one per stream in
+    // flight, and on a small node they fight over the CPUs and the cache (measured: 2 GB/s
+    // with a few workers, 0.7 GB/s with one per stream). A few are enough for one logger.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let workers = cpus.clamp(1, MAX_IOWQ_WORKERS);
+    if let Err(e) = ring.submitter().register_iowq_max_workers(&mut [workers, workers]) {
+        tracing::debug!("cannot bound io_uring's workers: {e}");
+    }
     let mut allowed = [
         Restriction::sqe_op(opcode::PollAdd::CODE),
         Restriction::sqe_op(opcode::Splice::CODE),

@@ -42,6 +42,9 @@ enum BenchCommand {
     Paper(crate::bench_sim::SimArgs),
     /// Task launch latency and throughput, side by side with crun.
     Launch(LaunchArgs),
+    /// The sandbox output path (io_uring splice) against plain read+write loggers: CPU per
+    /// 64-byte record and per MB, and throughput into the page cache.
+    Output(crate::bench_output::OutputArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +103,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         BenchCommand::Paper(a) => {
             tokio::task::spawn_blocking(move || crate::bench_sim::paper(a)).await?
+        }
+        BenchCommand::Output(a) => {
+            tokio::task::spawn_blocking(move || crate::bench_output::run(a)).await?
         }
     }
 }
