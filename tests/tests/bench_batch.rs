@@ -34,3 +34,25 @@ fn bench_launch_runs_one_accept_of_1500_tasks_without_losing_one() {
         "{stdout}"
     );
 }
+
+/// `corral bench output` runs every engine, checks that each moved every byte, and prints
+/// its table (small sizes here: the figures are for BENCHMARKS.md, not for a test).
+#[test]
+fn bench_output_moves_every_byte_with_every_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(corral_bin())
+        .args(["bench", "output", "--streams", "2", "--records", "3000", "--bulk-mib", "2"])
+        .args(["--rounds", "1", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for engine in ["io_uring splice (agent)", "poll+splice (fallback)", "read+write(2) per record"]
+    {
+        assert!(stdout.contains(engine), "{engine}: {stdout}");
+    }
+    assert!(stdout.contains("CPU ns/record") && stdout.contains("MB/s"), "{stdout}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "files removed");
+}

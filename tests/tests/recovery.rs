@@ -383,3 +383,56 @@ fn files_named_suffix(dir: &Path, suffix: &str, out: &mut Vec<PathBuf>) {
         }
     }
 }
+
+#[test]
+fn after_a_reboot_nothing_is_adopted_and_the_agent_registers_anew() {
+    if !require_agent_host("after_a_reboot_nothing_is_adopted_and_the_agent_registers_anew") {
+        return;
+    }
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    let rt = runtime();
+    let mut sched = rt.block_on(Scheduler::subscribe(&cluster.master_addr(), framework())).unwrap();
+    rt.block_on(launch_sleepers(&mut sched, 1));
+    let old_id = cluster.agent_id(0);
+    let before = container_pids(&cluster);
+    cluster.kill_agent(0);
+    // The checkpoint now says another boot: what a restart after a reboot finds.
+    let work = cluster.dir.path().join("agent-0");
+    let a = corral_agent::checkpoint::AgentCheckpoint {
+        agent_id: old_id.clone(),
+        boot_id: "00000000-0000-0000-0000-000000000000".into(),
+    };
+    corral_agent::checkpoint::write_agent(&work, &a).unwrap();
+    cluster.start_agent_again(0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let new_id = loop {
+        let st = cluster.state();
+        let ids: Vec<String> = st["slaves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|s| s["active"] == true)
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .filter(|id| *id != old_id)
+            .collect();
+        if let Some(id) = ids.first() {
+            break id.clone();
+        }
+        assert!(Instant::now() < deadline, "no new registration\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(new_id, old_id);
+    for (init, _) in before.values() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Path::new(&format!("/proc/{init}")).exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!Path::new(&format!("/proc/{init}")).exists(), "the stale container is removed");
+    }
+    let moved = std::fs::read_dir(&work)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("meta."));
+    assert!(moved, "the old checkpoints are moved aside");
+    rt.block_on(sched.teardown()).unwrap();
+}

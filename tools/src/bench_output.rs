@@ -273,6 +273,8 @@ pub fn run(args: OutputArgs) -> anyhow::Result<ExitCode> {
             format!("{lo:.0}..{hi:.0}")
         );
     }
-    let _ = fs::remove_dir(&dir);
+    if args.dir.is_none() {
+        let _ = fs::remove_dir(&dir);
+    }
     Ok(ExitCode::SUCCESS)
 }
