@@ -567,6 +567,26 @@ mod tests {
     }
 
     #[test]
+    fn the_ring_refuses_every_opcode_but_poll_and_splice() {
+        let mut ring = restricted_ring().unwrap();
+        // NOP is not among the allowed opcodes, so the kernel fails it with EACCES.
+        let f = fs::File::open("/proc/self/stat").unwrap();
+        let nop = opcode::Nop::new().build().user_data(1);
+        let read = opcode::PollAdd::new(types::Fd(f.as_raw_fd()), libc::POLLIN as u32)
+            .build()
+            .user_data(2);
+        let mut results: Vec<(u64, i32)> = Vec::new();
+        for e in [read, nop] {
+            assert!(push(&mut ring, &e));
+            ring.submit_and_wait(1).unwrap();
+            results.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        }
+        results.sort();
+        assert_eq!(results[0], (1, -libc::EACCES), "NOP is not allowed");
+        assert!(results[1].1 >= 0, "POLL_ADD is: {results:?}");
+    }
+
+    #[test]
     fn rotate_shifts_numbered_files() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("stderr");

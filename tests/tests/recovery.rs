@@ -424,10 +424,10 @@ fn after_a_reboot_nothing_is_adopted_and_the_agent_registers_anew() {
     assert_ne!(new_id, old_id);
     for (init, _) in before.values() {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while Path::new(&format!("/proc/{init}")).exists() && Instant::now() < deadline {
+        while alive(*init) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(!Path::new(&format!("/proc/{init}")).exists(), "the stale container is removed");
+        assert!(!alive(*init), "the stale container is removed");
     }
     let moved = std::fs::read_dir(&work)
         .unwrap()
@@ -435,4 +435,91 @@ fn after_a_reboot_nothing_is_adopted_and_the_agent_registers_anew() {
         .any(|e| e.file_name().to_string_lossy().starts_with("meta."));
     assert!(moved, "the old checkpoints are moved aside");
     rt.block_on(sched.teardown()).unwrap();
+}
+
+#[test]
+fn a_task_that_ends_while_the_agent_is_down_keeps_its_exit_status_and_output() {
+    if !require_agent_host(
+        "a_task_that_ends_while_the_agent_is_down_keeps_its_exit_status_and_output",
+    ) {
+        return;
+    }
+    let mut cluster = Cluster::start(ClusterOptions::default());
+    let rt = runtime();
+    let mut sched = rt.block_on(Scheduler::subscribe(&cluster.master_addr(), framework())).unwrap();
+    let per_task = Resources::new().with_scalar("cpus", 0.1).with_scalar("mem", 32.0);
+    // It waits for the agent to be gone, prints 100 lines and fails with status 3.
+    let script = "while [ ! -e \"$MESOS_SANDBOX/go\" ]; do sleep 0.02; done; \
+                  i=0; while [ $i -lt 100 ]; do echo \"late $i\"; i=$((i+1)); done; exit 3";
+    let argv = ["sh".to_string(), "-c".to_string(), script.to_string()];
+    rt.block_on(async {
+        loop {
+            let ev = sched.next_event().await.unwrap().unwrap();
+            match ev.r#type() {
+                event::Type::Offers => {
+                    let offer = ev.offers.unwrap().offers.remove(0);
+                    let t = command_task("late", "late", &offer.agent_id, &argv, &per_task);
+                    sched.launch(vec![offer.id], vec![t], None).await.unwrap();
+                }
+                event::Type::Update => {
+                    let status = ev.update.unwrap().status;
+                    sched.acknowledge(&status).await.unwrap();
+                    assert_eq!(status.state(), TaskState::TaskRunning);
+                    break;
+                }
+                _ => {}
+            }
+        }
+    });
+    let before = container_pids(&cluster);
+    let (cid, (init, _)) = before.iter().next().map(|(c, p)| (c.clone(), *p)).unwrap();
+    cluster.kill_agent(0);
+    let mut sandbox = Vec::new();
+    files_named(&cluster.dir.path().join("agent-0").join("slaves"), "stdout", &mut sandbox);
+    let stdout = sandbox.remove(0);
+    std::fs::write(stdout.parent().unwrap().join("go"), "").unwrap();
+    // The task ends with nobody to tell: the init records it and keeps the output.
+    let exit_file =
+        cluster.dir.path().join("agent-0").join("containers").join(&cid).join("exit_status");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !exit_file.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(std::fs::read_to_string(&exit_file).unwrap(), "exited 3\n");
+    assert_eq!(std::fs::read_to_string(&stdout).unwrap(), "", "the output waits in the pipe");
+    assert!(Path::new(&format!("/proc/{init}")).exists(), "the init holds it");
+    cluster.start_agent_again(0);
+    let failed = rt.block_on(async {
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(20), sched.next_event())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if ev.r#type() == event::Type::Update {
+                let status = ev.update.unwrap().status;
+                sched.acknowledge(&status).await.unwrap();
+                if is_terminal(status.state()) {
+                    break status;
+                }
+                // At least once: the RUNNING whose ack the killed agent never saw comes again.
+                assert_eq!(status.state(), TaskState::TaskRunning, "{status:?}");
+            }
+        }
+    });
+    assert_eq!(failed.state(), TaskState::TaskFailed, "{failed:?}");
+    assert_eq!(failed.message(), "Command exited with status 3");
+    let want: String = (0..100).map(|i| format!("late {i}\n")).collect();
+    assert_eq!(std::fs::read_to_string(&stdout).unwrap(), want, "every line, after the restart");
+    assert!(!alive(init), "then the container is gone");
+    rt.block_on(sched.teardown()).unwrap();
+}
+
+/// Whether `pid` runs: exists and is not a zombie (an orphaned init is reaped by whoever
+/// adopted it, which may take a while).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('Z')))
+        .is_some_and(|zombie| !zombie)
 }
