@@ -128,6 +128,12 @@ pub struct AgentArgs {
     #[arg(long, default_value = "10MiB", value_parser = parse_size, value_name = "SIZE")]
     pub task_log_max_size: u64,
 
+    /// How task output is moved into the sandbox files: `io-uring` (splices batched on one
+    /// ring) or `poll-splice` (the same splices as system calls after poll(2)). Where
+    /// io_uring is unavailable the agent uses `poll-splice` and says so in its `/state`.
+    #[arg(long, value_enum, default_value = "io-uring")]
+    pub task_output_engine: crate::output::EngineChoice,
+
     /// How many rotated files (`stdout.1` ... `stdout.N`) each task keeps.
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub task_log_keep: u32,

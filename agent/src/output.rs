@@ -44,6 +44,14 @@ const WAKE: u64 = u64::MAX;
 /// At most this many io_uring worker threads move output.
 const MAX_IOWQ_WORKERS: u32 = 4;
 
+/// Which engine the agent asks for (`--task-output-engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum EngineChoice {
+    #[default]
+    IoUring,
+    PollSplice,
+}
+
 /// When to rotate a task's output files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rotation {

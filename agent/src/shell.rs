@@ -309,11 +309,12 @@ impl Setup {
             tracing::warn!("isolation ({}): {line}", iso.policy.as_str());
         }
         let hostname = args.hostname.clone().unwrap_or_else(host::hostname);
-        let output = crate::output::Output::start(crate::output::Rotation {
-            max_size: args.task_log_max_size,
-            keep: args.task_log_keep,
-        })
+        let output = crate::output::Output::start_with(
+            crate::output::Rotation { max_size: args.task_log_max_size, keep: args.task_log_keep },
+            args.task_output_engine == crate::output::EngineChoice::IoUring,
+        )
         .map_err(AgentError::Output)?;
+        tracing::info!(engine = output.engine(), "task output");
         let forker = match crate::launcher::Launcher::start(&launcher) {
             Ok(l) => Some(l),
             Err(e) => {

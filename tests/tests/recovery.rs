@@ -215,7 +215,17 @@ fn processes_keep_their_pid_and_cgroup_across_the_restart() {
     if !require_agent_host("processes_keep_their_pid_and_cgroup_across_the_restart") {
         return;
     }
-    let mut cluster = Cluster::start(ClusterOptions::default());
+    // The fallback engine takes over output just the same.
+    let mut cluster = Cluster::start(ClusterOptions {
+        agent_flags: vec!["--task-output-engine".into(), "poll-splice".into()],
+        ..Default::default()
+    });
+    let agent_state = corral_tests::block_on(corral_tools::client::get_json(&format!(
+        "http://127.0.0.1:{}/state",
+        cluster.agent_ports[0]
+    )))
+    .unwrap();
+    assert_eq!(agent_state["task_output"]["engine"], "poll+splice", "{agent_state}");
     let addr = cluster.master_addr();
     let rt = runtime();
     let mut sched = rt.block_on(Scheduler::subscribe(&addr, framework())).unwrap();
