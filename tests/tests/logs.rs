@@ -32,6 +32,17 @@ fn logs_follow_a_rotating_stdout_without_a_gap_or_a_repeat() {
         ..Default::default()
     });
     let addr = cluster.master_addr();
+    let agent_state = corral_tests::block_on(corral_tools::client::get_json(&format!(
+        "http://127.0.0.1:{}/state",
+        cluster.agent_ports[0]
+    )))
+    .unwrap();
+    let out = &agent_state["task_output"];
+    assert_eq!(out["engine"], "io_uring", "this host has io_uring: {agent_state}");
+    assert_eq!(
+        (out["rotate_max_size"].as_u64(), out["rotate_keep"].as_u64()),
+        (Some(2000), Some(100))
+    );
     let rt =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut sched = rt
