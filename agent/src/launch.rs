@@ -520,20 +520,7 @@ struct Prepared {
 /// Resolves the user and creates sandbox, run directory and cgroup. Blocking.
 fn prepare(env: &LaunchEnv, launch: &Launch, cgroup: &Cgroup) -> Result<Prepared, String> {
     let run_as = resolve_user(&env.agent_user, launch)?;
-    let group = launch
-        .task
-        .group
-        .as_ref()
-        .zip(launch.executor_container.as_deref())
-        .map(|(g, c)| (g.executor_id.as_str(), c));
-    let (sandbox, logs) = paths::task_dirs(
-        &env.work_dir,
-        &launch.agent_id,
-        &launch.framework.id,
-        &launch.task.task_id,
-        &launch.container_id,
-        group,
-    );
+    let (sandbox, logs) = dirs(env, launch);
     let mut spec = ShimSpec::new(launch, &sandbox, &logs, run_as.clone())?;
     let iso = &env.isolation;
     if iso.namespaces {

@@ -320,9 +320,7 @@ fn a_flipped_byte_stops_a_strict_agent_and_costs_a_non_strict_one_just_that_task
     ) {
         return;
     }
-    let mut cluster = Cluster::start(ClusterOptions::default());
-    let rt = runtime();
-    let mut sched = rt.block_on(Scheduler::subscribe(&cluster.master_addr(), framework())).unwrap();
+    let (mut cluster, rt, mut sched) = cluster_and_framework();
     let running = rt.block_on(launch_sleepers(&mut sched, 3));
     let before = container_pids(&cluster);
     cluster.kill_agent(0);
@@ -399,9 +397,7 @@ fn after_a_reboot_nothing_is_adopted_and_the_agent_registers_anew() {
     if !require_agent_host("after_a_reboot_nothing_is_adopted_and_the_agent_registers_anew") {
         return;
     }
-    let mut cluster = Cluster::start(ClusterOptions::default());
-    let rt = runtime();
-    let mut sched = rt.block_on(Scheduler::subscribe(&cluster.master_addr(), framework())).unwrap();
+    let (mut cluster, rt, mut sched) = cluster_and_framework();
     rt.block_on(launch_sleepers(&mut sched, 1));
     let old_id = cluster.agent_id(0);
     let before = container_pids(&cluster);
@@ -454,9 +450,7 @@ fn a_task_that_ends_while_the_agent_is_down_keeps_its_exit_status_and_output() {
     ) {
         return;
     }
-    let mut cluster = Cluster::start(ClusterOptions::default());
-    let rt = runtime();
-    let mut sched = rt.block_on(Scheduler::subscribe(&cluster.master_addr(), framework())).unwrap();
+    let (mut cluster, rt, mut sched) = cluster_and_framework();
     let per_task = Resources::new().with_scalar("cpus", 0.1).with_scalar("mem", 32.0);
     // It waits for the agent to be gone, prints 100 lines and fails with status 3.
     let script = "while [ ! -e \"$MESOS_SANDBOX/go\" ]; do sleep 0.02; done; \
@@ -532,4 +526,12 @@ fn alive(pid: i32) -> bool {
         .ok()
         .and_then(|s| s.rfind(')').map(|i| s[i + 1..].trim_start().starts_with('Z')))
         .is_some_and(|zombie| !zombie)
+}
+
+/// A one-agent cluster and a subscribed framework.
+fn cluster_and_framework() -> (Cluster, tokio::runtime::Runtime, Scheduler) {
+    let cluster = Cluster::start(ClusterOptions::default());
+    let rt = runtime();
+    let sched = rt.block_on(Scheduler::subscribe(&cluster.master_addr(), framework())).unwrap();
+    (cluster, rt, sched)
 }

@@ -161,7 +161,8 @@ pub async fn sandbox_of(
         .and_then(|e| e["directory"].as_str().map(String::from)))
 }
 
-fn urlencode(s: &str) -> String {
+/// Percent-encodes a query value (a path: `/` stays).
+pub fn urlencode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {

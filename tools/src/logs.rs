@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use serde_json::Value;
 
-use corral_tools::client::{self, MasterAddr};
+use corral_tools::client::{self, MasterAddr, urlencode};
 
 #[derive(Debug, clap::Args)]
 pub struct LogsArgs {
@@ -162,18 +162,6 @@ async fn rotated_files(base: &str, dir: &str, name: &str) -> anyhow::Result<Vec<
         .collect();
     found.sort();
     Ok(found.into_iter().map(|(_, p, i)| (p, i)).collect())
-}
-
-fn urlencode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// Finds the task, its agent and its sandbox.
