@@ -609,9 +609,16 @@ async fn exit_status_sandbox_and_http() {
     let stdout = sandbox.join("stdout");
     let q = |extra: &str| format!("/files/read?path={}{extra}", stdout.display());
     let chunk = http_json(port, &q("&offset=0")).await;
-    assert_eq!(chunk, serde_json::json!({"data": "hi\n", "offset": 0}));
+    assert_eq!(
+        (&chunk["data"], &chunk["offset"]),
+        (&serde_json::json!("hi\n"), &serde_json::json!(0))
+    );
+    // Corral's extension: the file's inode, for followers that must notice a rotation.
+    use std::os::unix::fs::MetadataExt as _;
+    let ino = std::fs::metadata(&stdout).expect("stdout").ino();
+    assert_eq!(chunk["inode"], ino);
     let size = http_json(port, &q("&offset=-1")).await;
-    assert_eq!(size, serde_json::json!({"data": "", "offset": 3}));
+    assert_eq!(size, serde_json::json!({"data": "", "offset": 3, "inode": ino}));
     assert_eq!(http_json(port, &q("&offset=1&length=1")).await["data"], "i");
     let (status, body) = http_get(port, "/files/read?path=/etc/passwd").await;
     assert_eq!((status, body.as_slice()), (403, &b"Access denied"[..]));
