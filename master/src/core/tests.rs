@@ -1661,3 +1661,25 @@ fn offer_path_stages_are_timed_per_framework_and_role() {
     assert!(m.frameworks[&fid].offer_path["*"].offered.max().as_secs_f64() >= 0.49);
     assert_eq!(m.allocation_run.count(), m.metrics.allocation_runs);
 }
+
+/// A restarted agent resends what was not acknowledged, possibly updates the master already
+/// had: each uuid is recorded once and releases resources once; the framework gets the retry
+/// (at least once: it acknowledges by uuid).
+#[test]
+fn a_resent_update_is_recorded_once() {
+    let (mut m, _agent, fid) = one_running_task();
+    let history = |m: &Master| m.frameworks[&fid].tasks["t1"].statuses().len();
+    assert_eq!(history(&m), 1);
+    m.agent_message(t(2), 1, status(&fid, "t1", TaskState::TaskRunning, 1));
+    let cmds = drain(&mut m);
+    assert_eq!(updates_on(&cmds, 10).len(), 1, "the retry is forwarded");
+    assert_eq!(history(&m), 1, "but recorded once");
+    for at in [3.0, 3.5] {
+        m.agent_message(t(at), 1, status(&fid, "t1", TaskState::TaskFinished, 2));
+        let cmds = drain(&mut m);
+        assert_eq!(updates_on(&cmds, 10)[0].state(), TaskState::TaskFinished);
+    }
+    assert_eq!(history(&m), 2);
+    let used = m.allocator().check_invariants();
+    assert!(used.is_ok(), "resources released once: {used:?}");
+}
