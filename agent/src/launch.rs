@@ -163,6 +163,13 @@ async fn monitor(
     let outcome = match adopted {
         None => run_container(&env, &launch, &cgroup, &mut control, &events).await,
         Some(init) => {
+            // Usage is counted again from the takeover (the eBPF counters of the agent that
+            // started the container died with it; cgroup files are cumulative anyway).
+            {
+                let (env, launch, cgroup) = (env.clone(), launch.clone(), cgroup.clone());
+                let _ =
+                    tokio::task::spawn_blocking(move || track_usage(&env, &launch, &cgroup)).await;
+            }
             let (_, logs) = dirs(&env, &launch);
             let run_dir = paths::run_dir(&env.work_dir, &container_id);
             let init = Init { pid: init.pid, pidfd: init.pidfd, child: false, run_dir, logs };
@@ -517,6 +524,30 @@ struct Prepared {
     procs: fs::File,
 }
 
+/// Starts sampling the container's usage (telemetry).
+fn track_usage(env: &LaunchEnv, launch: &Launch, cgroup: &Cgroup) {
+    let resources = &launch.task.resources;
+    let task = &launch.task;
+    env.telemetry.created(
+        &launch.container_id,
+        cgroup,
+        crate::telemetry::Labels {
+            framework_id: launch.framework.id.clone(),
+            task_id: task.task_id.clone(),
+            executor_id: task
+                .group
+                .as_ref()
+                .map(|g| g.executor_id.clone())
+                .or_else(|| task.executor.as_ref().map(|e| e.executor_id.clone())),
+            name: task.name.clone(),
+        },
+        crate::telemetry::Limits {
+            cpus: resources.scalar("cpus").as_f64(),
+            mem_bytes: (resources.scalar("mem").as_f64() * 1048576.0) as u64,
+        },
+    );
+}
+
 /// Resolves the user and creates sandbox, run directory and cgroup. Blocking.
 fn prepare(env: &LaunchEnv, launch: &Launch, cgroup: &Cgroup) -> Result<Prepared, String> {
     let run_as = resolve_user(&env.agent_user, launch)?;
@@ -609,25 +640,7 @@ fn prepare(env: &LaunchEnv, launch: &Launch, cgroup: &Cgroup) -> Result<Prepared
     fs::write(&spec_path, json).map_err(|e| fail("write", &spec_path, e))?;
     cgroup.create().map_err(|e| e.to_string())?;
     let resources = &launch.task.resources;
-    let task = &launch.task;
-    env.telemetry.created(
-        &launch.container_id,
-        cgroup,
-        crate::telemetry::Labels {
-            framework_id: launch.framework.id.clone(),
-            task_id: task.task_id.clone(),
-            executor_id: task
-                .group
-                .as_ref()
-                .map(|g| g.executor_id.clone())
-                .or_else(|| task.executor.as_ref().map(|e| e.executor_id.clone())),
-            name: task.name.clone(),
-        },
-        crate::telemetry::Limits {
-            cpus: resources.scalar("cpus").as_f64(),
-            mem_bytes: (resources.scalar("mem").as_f64() * 1048576.0) as u64,
-        },
-    );
+    track_usage(env, launch, cgroup);
     let limits = isolation::Limits::for_task(
         resources.scalar("cpus").as_f64(),
         resources.scalar("mem").as_f64(),

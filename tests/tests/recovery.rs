@@ -251,6 +251,18 @@ fn processes_keep_their_pid_and_cgroup_across_the_restart() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(container_pids(&cluster), before, "same containers, same inits, same tasks");
+    // Their usage is sampled again by the new agent.
+    let stats_url = format!("http://127.0.0.1:{}/monitor/statistics", cluster.agent_ports[0]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stats = corral_tests::block_on(corral_tools::client::get_json(&stats_url)).unwrap();
+        let n = stats.as_array().map_or(0, Vec::len);
+        if n == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "adopted tasks in /monitor/statistics: {stats}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The adopted tasks can still be killed, and their containers go.
     rt.block_on(async {
         for id in &running {
