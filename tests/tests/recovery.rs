@@ -316,6 +316,10 @@ async fn launch_sleepers(sched: &mut Scheduler, n: usize) -> BTreeSet<String> {
             event::Type::Update => {
                 let status = ev.update.unwrap().status;
                 sched.acknowledge(&status).await.unwrap();
+                // TASK_STARTING comes first when the task is slow to start (a loaded host).
+                if status.state() == TaskState::TaskStarting {
+                    continue;
+                }
                 assert_eq!(status.state(), TaskState::TaskRunning);
                 running.insert(status.task_id.value.clone());
             }
@@ -376,7 +380,14 @@ fn a_flipped_byte_stops_a_strict_agent_and_costs_a_non_strict_one_just_that_task
             if ev.r#type() == event::Type::Update {
                 let status = ev.update.unwrap().status;
                 sched.acknowledge(&status).await.unwrap();
-                assert_eq!(status.task_id.value, bad_task, "only the skipped task changes");
+                if status.task_id.value != bad_task {
+                    // At least once: a RUNNING whose ack the killed agent never saw, again.
+                    assert!(
+                        matches!(status.state(), TaskState::TaskStarting | TaskState::TaskRunning),
+                        "only the skipped task changes: {status:?}"
+                    );
+                    continue;
+                }
                 gone = Some(status.state());
             }
         }
@@ -480,6 +491,9 @@ fn a_task_that_ends_while_the_agent_is_down_keeps_its_exit_status_and_output() {
                 event::Type::Update => {
                     let status = ev.update.unwrap().status;
                     sched.acknowledge(&status).await.unwrap();
+                    if status.state() == TaskState::TaskStarting {
+                        continue;
+                    }
                     assert_eq!(status.state(), TaskState::TaskRunning);
                     break;
                 }
@@ -519,7 +533,10 @@ fn a_task_that_ends_while_the_agent_is_down_keeps_its_exit_status_and_output() {
                     break status;
                 }
                 // At least once: the RUNNING whose ack the killed agent never saw comes again.
-                assert_eq!(status.state(), TaskState::TaskRunning, "{status:?}");
+                assert!(
+                    matches!(status.state(), TaskState::TaskStarting | TaskState::TaskRunning),
+                    "{status:?}"
+                );
             }
         }
     });
