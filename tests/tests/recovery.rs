@@ -113,6 +113,17 @@ fn kill_9_of_the_agent_loses_no_task_no_line_and_no_update() {
                     );
                 }
                 cluster.start_agent_again(0);
+                // Taken over: the same inits and the same task processes in the same cgroups.
+                let log = cluster.agents[0].log.clone();
+                let registered = Instant::now() + Duration::from_secs(20);
+                while !std::fs::read_to_string(&log)
+                    .unwrap_or_default()
+                    .contains("registered agent_id")
+                {
+                    assert!(Instant::now() < registered, "no re-registration\n{}", cluster.logs());
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                assert_eq!(container_pids(&cluster), before, "same pids, same cgroups");
             }
             let terminal = states.values().filter(|s| s.iter().any(|st| is_terminal(*st))).count();
             if terminal == TASKS {
