@@ -11,4 +11,4 @@ pub mod core;
 pub mod shell;
 
 pub use shell::clock::mono_ns;
-pub use shell::{MasterArgs, logging, run};
+pub use shell::{MasterArgs, Running, logging, run, start};

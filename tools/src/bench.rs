@@ -33,13 +33,14 @@ pub struct BenchArgs {
 
 #[derive(Debug, clap::Subcommand)]
 enum BenchCommand {
-    /// Mesos' DeclineOffers shape: every framework declines every offer (in-process cluster).
+    /// Mesos' DeclineOffers shape: every framework declines every offer.
     Decline(crate::bench_sim::SimArgs),
-    /// Short tasks at the highest rate: placements per second (in-process cluster).
+    /// Short tasks at the highest rate: placements per second.
     Churn(crate::bench_sim::SimArgs),
-    /// The Mesos paper's 50,000 agents and 200 frameworks, then a fresh framework's 10 s task
-    /// (in-process cluster).
+    /// The Mesos paper's 50,000 agents and 200 frameworks, then a fresh framework's 10 s task.
     Paper(crate::bench_sim::SimArgs),
+    /// Status updates over one QUIC connection: updates per second and send → ack latency.
+    Updates(crate::bench_sim::UpdatesArgs),
     /// Task launch latency and throughput, side by side with crun.
     Launch(LaunchArgs),
     /// The sandbox output path (io_uring splice) against plain read+write loggers: CPU per
@@ -103,6 +104,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         BenchCommand::Paper(a) => {
             tokio::task::spawn_blocking(move || crate::bench_sim::paper(a)).await?
+        }
+        BenchCommand::Updates(a) => {
+            tokio::task::spawn_blocking(move || crate::bench_sim::updates(a)).await?
         }
         BenchCommand::Output(a) => {
             tokio::task::spawn_blocking(move || crate::bench_output::run(a)).await?

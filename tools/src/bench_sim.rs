@@ -1,5 +1,13 @@
-//! `corral bench decline | churn | paper`: the offer path at scale, on the in-process cluster of
-//! `corral_tools::sim` (the real master core, simulated agents and frameworks, no network).
+//! `corral bench decline | churn | paper | updates`: the offer path at scale. Two transports:
+//!
+//! - `in-process` ([`corral_tools::sim`]): the real master core on a thread of its own, fed
+//!   over channels by simulated agents and frameworks; idle stretches are skipped. What it
+//!   measures is the master's own work; it reaches the largest scenarios.
+//! - `quic` ([`corral_tools::sim_quic`]): the real master (actor, QUIC endpoint with mutual
+//!   TLS, HTTP server) and many simulated agents in this process, each on its own QUIC
+//!   connection speaking the real protocol; frameworks attach to the master's actor in process
+//!   (protobuf events, no HTTP framing). Real time.
+//!
 //! Each prints a progress line while it runs and then its figures: offer latency inside the
 //! master, allocation run time, placements per second, the master's RSS and CPU.
 
@@ -10,8 +18,18 @@ use std::time::Duration;
 
 use corral_master::core::offer_path::{Latency, Stages};
 use corral_master::core::{MasterConfig, Time};
-use corral_tools::sim::{Behaviour, Sim, process_usage};
+use corral_tools::sim::{Behaviour, Counts, Sim, process_usage};
+use corral_tools::sim_quic::{QuicCluster, thread_cpu};
 use corral_wire::resources::Resources;
+
+/// How simulated agents reach the master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// The master core alone, fed over channels (reaches 50,000 agents).
+    InProcess,
+    /// The real master; every simulated agent on its own QUIC connection.
+    Quic,
+}
 
 /// Flags shared by the scenarios.
 #[derive(Debug, Clone, clap::Args)]
@@ -22,12 +40,20 @@ pub struct SimArgs {
     /// Simulated frameworks.
     #[arg(long)]
     frameworks: Option<usize>,
-    /// How long to measure (virtual seconds: idle stretches are skipped).
+    /// How long to measure (in-process: virtual seconds, idle stretches are skipped).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
+    /// CPUs each simulated agent offers (paper: 8, so 400,000 tasks at 50,000 agents; 10
+    /// gives 500,000).
+    #[arg(long)]
+    agent_cpus: Option<u32>,
+    /// How agents reach the master.
+    #[arg(long, value_enum, default_value = "in-process")]
+    transport: Transport,
 }
 
-const TRANSPORT: &str = "transport: in-process (the master core on a thread of its own, fed over channels by simulated agents and frameworks on another; no QUIC, no HTTP)";
+const IN_PROCESS: &str = "transport: in-process (the master core on a thread of its own, fed over channels by simulated agents and frameworks on another; no QUIC, no HTTP)";
+const QUIC: &str = "transport: quic (the real master: actor, QUIC endpoint with mutual TLS, HTTP server; every simulated agent on its own QUIC connection, many per process; frameworks attached to the master's actor in process, protobuf events, no HTTP framing)";
 
 fn config() -> MasterConfig {
     MasterConfig {
@@ -37,14 +63,142 @@ fn config() -> MasterConfig {
     }
 }
 
-fn merged(sim: &Sim) -> Stages {
-    let mut s = Stages::default();
-    for f in sim.master.frameworks().values() {
-        for st in f.offer_path.values() {
-            s.merge(st);
-        }
+/// What a scenario needs from a cluster, whichever the transport.
+trait Cluster {
+    fn transport(&self) -> &'static str;
+    fn add_agents(&mut self, n: usize, resources: &Resources) -> anyhow::Result<()>;
+    fn add_framework(&mut self, name: &str, role: &str, behaviour: Behaviour) -> usize;
+    fn total_counts(&self) -> Counts;
+    fn counts(&self, f: usize) -> Counts;
+    fn first_finished(&self, f: usize) -> Option<Time>;
+    fn now(&self) -> Time;
+    /// Runs for `d` or until `done`, calling `tick` about once a second.
+    fn run(&mut self, d: Duration, done: &mut dyn FnMut(&Counts) -> bool, tick: &mut dyn FnMut());
+    fn failure(&self) -> Option<String>;
+    fn offer_path(&mut self) -> (Stages, Latency);
+    fn running_tasks(&mut self) -> usize;
+    /// CPU the master used so far (in-process: its thread's busy time).
+    fn master_cpu(&self) -> Duration;
+    /// Agents registered so far.
+    fn registered(&mut self) -> u64;
+    fn footer_extra(&self) -> String;
+}
+
+impl Cluster for Sim {
+    fn transport(&self) -> &'static str {
+        IN_PROCESS
     }
-    s
+    fn add_agents(&mut self, n: usize, resources: &Resources) -> anyhow::Result<()> {
+        Sim::add_agents(self, n, resources);
+        Ok(())
+    }
+    fn add_framework(&mut self, name: &str, role: &str, behaviour: Behaviour) -> usize {
+        Sim::add_framework(self, name, role, behaviour)
+    }
+    fn total_counts(&self) -> Counts {
+        Sim::total_counts(self)
+    }
+    fn counts(&self, f: usize) -> Counts {
+        Sim::counts(self, f).clone()
+    }
+    fn first_finished(&self, f: usize) -> Option<Time> {
+        Sim::first_finished(self, f)
+    }
+    fn now(&self) -> Time {
+        Sim::now(self)
+    }
+    fn run(&mut self, d: Duration, done: &mut dyn FnMut(&Counts) -> bool, tick: &mut dyn FnMut()) {
+        let mut last = std::time::Instant::now();
+        self.run_threaded(d, |s| {
+            if last.elapsed() >= Duration::from_secs(1) {
+                tick();
+                last = std::time::Instant::now();
+            }
+            done(&s.total_counts())
+        });
+    }
+    fn failure(&self) -> Option<String> {
+        self.failure.clone()
+    }
+    fn offer_path(&mut self) -> (Stages, Latency) {
+        let mut s = Stages::default();
+        for f in self.master.frameworks().values() {
+            for st in f.offer_path.values() {
+                s.merge(st);
+            }
+        }
+        (s, self.master.allocation_run.clone())
+    }
+    fn running_tasks(&mut self) -> usize {
+        self.master.frameworks().values().map(|f| f.tasks.len()).sum()
+    }
+    fn master_cpu(&self) -> Duration {
+        self.master_time
+    }
+    fn registered(&mut self) -> u64 {
+        self.master.agents().len() as u64
+    }
+    fn footer_extra(&self) -> String {
+        format!("idle time skipped {:.1} s", self.skipped().as_secs_f64())
+    }
+}
+
+impl Cluster for QuicCluster {
+    fn transport(&self) -> &'static str {
+        QUIC
+    }
+    fn add_agents(&mut self, n: usize, resources: &Resources) -> anyhow::Result<()> {
+        Ok(QuicCluster::add_agents(self, n, resources)?)
+    }
+    fn add_framework(&mut self, name: &str, role: &str, behaviour: Behaviour) -> usize {
+        QuicCluster::add_framework(self, name, role, behaviour)
+    }
+    fn total_counts(&self) -> Counts {
+        QuicCluster::total_counts(self)
+    }
+    fn counts(&self, f: usize) -> Counts {
+        QuicCluster::counts(self, f)
+    }
+    fn first_finished(&self, f: usize) -> Option<Time> {
+        QuicCluster::first_finished(self, f)
+    }
+    fn now(&self) -> Time {
+        QuicCluster::now(self)
+    }
+    fn run(&mut self, d: Duration, done: &mut dyn FnMut(&Counts) -> bool, tick: &mut dyn FnMut()) {
+        QuicCluster::run(self, d, |c| done(&c.total_counts()), |_| tick());
+    }
+    fn failure(&self) -> Option<String> {
+        QuicCluster::failure(self)
+    }
+    fn offer_path(&mut self) -> (Stages, Latency) {
+        QuicCluster::offer_path(self)
+    }
+    fn running_tasks(&mut self) -> usize {
+        self.query(|m| m.frameworks().values().map(|f| f.tasks.len()).sum()).unwrap_or(0)
+    }
+    fn master_cpu(&self) -> Duration {
+        thread_cpu("master")
+    }
+    fn registered(&mut self) -> u64 {
+        QuicCluster::registered(self)
+    }
+    fn footer_extra(&self) -> String {
+        let a = self.agent_stats();
+        format!(
+            "simulated agents and frameworks used {:.2} s of CPU; agents sent {} status updates, got {} acks",
+            thread_cpu("sim").as_secs_f64(),
+            a.updates_sent.load(std::sync::atomic::Ordering::Relaxed),
+            a.acks.load(std::sync::atomic::Ordering::Relaxed)
+        )
+    }
+}
+
+fn cluster(transport: Transport) -> anyhow::Result<Box<dyn Cluster>> {
+    Ok(match transport {
+        Transport::InProcess => Box::new(Sim::new(config())),
+        Transport::Quic => Box::new(QuicCluster::start(2, 2)?),
+    })
 }
 
 fn ms(d: Duration) -> String {
@@ -67,107 +221,160 @@ fn quantiles(name: &str, l: &Latency) {
     );
 }
 
-fn footer(sim: &Sim, wall: Duration, cpu0: Duration, master0: Duration) {
-    let stages = merged(sim);
+fn footer(c: &mut dyn Cluster, wall: Duration, cpu0: Duration, master0: Duration) {
+    let (stages, alloc) = c.offer_path();
     quantiles("offer latency (available → offer)", &stages.offered);
-    quantiles("allocation run", &sim.master.allocation_run);
+    quantiles("allocation run", &alloc);
     quantiles("offer → accept", &stages.accepted);
     quantiles("offer → decline", &stages.declined);
     quantiles("accept → TASK_RUNNING", &stages.running);
-    let master = sim.master_time - master0;
+    let master = c.master_cpu().saturating_sub(master0);
     println!(
-        "  master thread busy: {:.2} s of {:.2} s wall ({:.0}%)",
+        "  master CPU: {:.2} s over {:.2} s wall ({:.0}% of a core)",
         master.as_secs_f64(),
         wall.as_secs_f64(),
         master.as_secs_f64() / wall.as_secs_f64().max(1e-9) * 100.0
     );
     let (rss, cpu) = process_usage();
     println!(
-        "  process (master core + simulation): RSS {:.0} MiB, CPU {:.2} s over {:.2} s wall ({:.0}% of a core); idle time skipped {:.1} s",
+        "  process (master + simulation): RSS {:.0} MiB, CPU {:.2} s over {:.2} s wall ({:.0}% of a core); {}",
         rss as f64 / (1 << 20) as f64,
         (cpu - cpu0).as_secs_f64(),
         wall.as_secs_f64(),
         (cpu - cpu0).as_secs_f64() / wall.as_secs_f64().max(1e-9) * 100.0,
-        sim.skipped().as_secs_f64()
+        c.footer_extra()
     );
 }
 
-/// Runs `sim` for `d` (real time, the master on its own thread), printing a progress line
-/// every second.
-fn run_with_progress(sim: &mut Sim, d: Duration, label: &str, mut done: impl FnMut(&Sim) -> bool) {
-    let started = std::time::Instant::now();
-    let mut last_print = std::time::Instant::now();
-    let mut last_launched = sim.total_counts().launched;
-    let label = label.to_string();
-    sim.run_threaded(d, |s| {
-        if last_print.elapsed() >= Duration::from_secs(1) {
-            let c = s.total_counts();
-            eprintln!(
-                "  [{label}] {:6.1} s: offers {}, launched {} ({:.0}/s), running {}, finished {}",
-                started.elapsed().as_secs_f64(),
-                c.offers,
-                c.launched,
-                (c.launched - last_launched) as f64 / last_print.elapsed().as_secs_f64(),
-                c.running - c.finished,
-                c.finished
-            );
-            last_launched = c.launched;
-            last_print = std::time::Instant::now();
-        }
-        done(s)
-    });
+/// Runs for `d`, printing a progress line every second.
+fn run_with_progress(
+    c: &mut dyn Cluster,
+    d: Duration,
+    label: &str,
+    done: impl FnMut(&Counts) -> bool,
+) {
+    run_since(c, d, label, std::time::Instant::now(), done)
 }
 
-fn check(sim: &Sim) -> anyhow::Result<()> {
-    match &sim.failure {
+/// [`run_with_progress`], its progress lines counting from `started`.
+fn run_since(
+    c: &mut dyn Cluster,
+    d: Duration,
+    label: &str,
+    started: std::time::Instant,
+    mut done: impl FnMut(&Counts) -> bool,
+) {
+    let last = std::cell::Cell::new((std::time::Instant::now(), c.total_counts().launched));
+    let counts = std::cell::RefCell::new(Counts::default());
+    let mut done = |k: &Counts| {
+        *counts.borrow_mut() = k.clone();
+        done(k)
+    };
+    let mut tick = || {
+        let k = counts.borrow().clone();
+        let (at, launched) = last.get();
+        eprintln!(
+            "  [{label}] {:6.1} s: offers {}, launched {} ({:.0}/s), running {}, finished {}",
+            started.elapsed().as_secs_f64(),
+            k.offers,
+            k.launched,
+            (k.launched.saturating_sub(launched)) as f64 / at.elapsed().as_secs_f64(),
+            k.running.saturating_sub(k.finished),
+            k.finished
+        );
+        last.set((std::time::Instant::now(), k.launched));
+    };
+    c.run(d, &mut done, &mut tick);
+}
+
+fn check(c: &dyn Cluster) -> anyhow::Result<()> {
+    match c.failure() {
         Some(f) => anyhow::bail!("the simulation stopped: {f}"),
         None => Ok(()),
     }
+}
+
+/// Waits until `n` agents registered (QUIC handshakes take real time), printing progress.
+fn await_registration(c: &mut dyn Cluster, n: usize) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let mut last = std::time::Instant::now();
+    while c.registered() < n as u64 {
+        check(c)?;
+        if t0.elapsed() > Duration::from_secs(300) {
+            anyhow::bail!("only {} of {n} agents registered in 300 s", c.registered());
+        }
+        if last.elapsed() >= Duration::from_secs(1) {
+            eprintln!(
+                "  [registering] {:6.1} s: {} of {n} agents",
+                t0.elapsed().as_secs_f64(),
+                c.registered()
+            );
+            last = std::time::Instant::now();
+        }
+        c.run(Duration::from_millis(100), &mut |_| false, &mut || {});
+    }
+    eprintln!("  [registering] {n} agents registered in {:.2} s", t0.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// Mesos' DeclineOffers: every framework declines every offer with an endless filter.
 pub fn decline(args: SimArgs) -> anyhow::Result<ExitCode> {
     let (na, nf) = (args.agents.unwrap_or(10_000), args.frameworks.unwrap_or(1_000));
     let rounds = 5u64;
+    let cpus = args.agent_cpus.unwrap_or(24);
     println!(
-        "corral bench decline: {na} agents (cpus:24;mem:4096;ports:[31000-32000]) × {nf} frameworks declining every offer (refuse_seconds: 1 year)"
+        "corral bench decline: {na} agents (cpus:{cpus};mem:4096;ports:[31000-32000]) × {nf} frameworks declining every offer (refuse_seconds: 1 year)"
     );
-    println!("{TRANSPORT}");
-    let (_, cpu0) = process_usage();
-    let master0 = Duration::ZERO;
-    let wall = std::time::Instant::now();
-    let mut sim = Sim::new(config());
-    let agent = Resources::parse("cpus:24;mem:4096;ports:[31000-32000]")?;
+    let mut c = cluster(args.transport)?;
+    println!("{}", c.transport());
+    let agent = Resources::parse(&format!("cpus:{cpus};mem:4096;ports:[31000-32000]"))?;
+    let (_, mut cpu0) = process_usage();
+    let mut master0 = c.master_cpu();
+    let mut wall = std::time::Instant::now();
+    if args.transport == Transport::Quic {
+        // Agents first: with QUIC, their handshakes take real time, and the figure is about
+        // offers, so the clock starts once all are in.
+        c.add_agents(na, &agent)?;
+        await_registration(c.as_mut(), na)?;
+        (cpu0, master0, wall) = (process_usage().1, c.master_cpu(), std::time::Instant::now());
+    }
     for f in 0..nf {
-        sim.add_framework(
+        c.add_framework(
             &format!("decline-{f}"),
             "*",
             Behaviour::DeclineAll { refuse: Duration::from_secs(31_536_000) },
         );
     }
-    sim.add_agents(na, &agent);
+    if args.transport == Transport::InProcess {
+        c.add_agents(na, &agent)?;
+    }
     let want = na as u64 * rounds.min(nf as u64);
     run_with_progress(
-        &mut sim,
+        c.as_mut(),
         args.duration.unwrap_or(Duration::from_secs(600)),
         "decline",
-        |s| s.total_counts().declines >= want,
+        |k| k.declines >= want,
     );
-    check(&sim)?;
+    check(c.as_ref())?;
     let took = wall.elapsed();
-    let c = sim.total_counts();
+    let k = c.total_counts();
+    let registration = if args.transport == Transport::Quic {
+        "agent registration excluded"
+    } else {
+        "agent registration included"
+    };
     println!(
-        "result: {} offers made and declined ({} rounds of {na}) in {:.2} s wall: {:.0} offers/s",
-        c.declines,
-        c.declines / na as u64,
+        "result: {} offers made and declined ({} rounds of {na}) in {:.2} s wall ({registration}): {:.0} offers/s",
+        k.declines,
+        k.declines / na as u64,
         took.as_secs_f64(),
-        c.declines as f64 / took.as_secs_f64()
+        k.declines as f64 / took.as_secs_f64()
     );
     println!(
         "  anchor: Mesos DeclineOffers/21 (10k × 1k): 1.06 s per allocation cycle of 10,000 offers (2018); here {:.1} ms per 10,000 offers, all master work included",
-        took.as_secs_f64() / (c.declines as f64 / 10_000.0) * 1e3
+        took.as_secs_f64() / (k.declines as f64 / 10_000.0) * 1e3
     );
-    footer(&sim, took, cpu0, master0);
+    footer(c.as_mut(), took, cpu0, master0);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -175,15 +382,20 @@ pub fn decline(args: SimArgs) -> anyhow::Result<ExitCode> {
 pub fn churn(args: SimArgs) -> anyhow::Result<ExitCode> {
     let (na, nf) = (args.agents.unwrap_or(10_000), args.frameworks.unwrap_or(100));
     let d = args.duration.unwrap_or(Duration::from_secs(10));
+    let cpus = args.agent_cpus.unwrap_or(16);
     println!(
-        "corral bench churn: {na} agents (cpus:16;mem:65536) × {nf} frameworks launching tasks of cpus:1;mem:128 that end at once, for {:.0} s",
+        "corral bench churn: {na} agents (cpus:{cpus};mem:65536) × {nf} frameworks launching tasks of cpus:1;mem:128 that end at once, for {:.0} s",
         d.as_secs_f64()
     );
-    println!("{TRANSPORT}");
-    let mut sim = Sim::new(config());
+    let mut c = cluster(args.transport)?;
+    println!("{}", c.transport());
     let task = Resources::parse("cpus:1;mem:128")?;
+    c.add_agents(na, &Resources::parse(&format!("cpus:{cpus};mem:65536"))?)?;
+    if args.transport == Transport::Quic {
+        await_registration(c.as_mut(), na)?;
+    }
     for f in 0..nf {
-        sim.add_framework(
+        c.add_framework(
             &format!("churn-{f}"),
             "*",
             Behaviour::Launch {
@@ -195,29 +407,28 @@ pub fn churn(args: SimArgs) -> anyhow::Result<ExitCode> {
             },
         );
     }
-    sim.add_agents(na, &Resources::parse("cpus:16;mem:65536")?);
-    // Registration storm first; the clock for the figures starts after it.
-    run_with_progress(&mut sim, Duration::from_secs(1), "churn warm-up", |_| false);
-    check(&sim)?;
+    // Subscriptions and the first offers first; the clock for the figures starts after.
+    run_with_progress(c.as_mut(), Duration::from_secs(1), "churn warm-up", |_| false);
+    check(c.as_ref())?;
     let (_, cpu0) = process_usage();
-    let master0 = sim.master_time;
-    let before = sim.total_counts();
+    let master0 = c.master_cpu();
+    let before = c.total_counts();
     let wall = std::time::Instant::now();
-    run_with_progress(&mut sim, d, "churn", |_| false);
-    check(&sim)?;
+    run_with_progress(c.as_mut(), d, "churn", |_| false);
+    check(c.as_ref())?;
     let took = wall.elapsed();
-    let c = sim.total_counts();
-    let placed = c.launched - before.launched;
+    let k = c.total_counts();
+    let placed = k.launched - before.launched;
     println!(
         "result: {placed} tasks placed in {:.2} s wall: {:.0} placements/s ({} finished)",
         took.as_secs_f64(),
         placed as f64 / took.as_secs_f64(),
-        c.finished - before.finished
+        k.finished - before.finished
     );
     println!(
         "  anchors: Nomad C1M 3,750 placements/s; kube-scheduler CI floor 810 pods/s; target ≥ 50,000/s"
     );
-    footer(&sim, took, cpu0, master0);
+    footer(c.as_mut(), took, cpu0, master0);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -227,18 +438,24 @@ pub fn churn(args: SimArgs) -> anyhow::Result<ExitCode> {
 pub fn paper(args: SimArgs) -> anyhow::Result<ExitCode> {
     let (na, nf) = (args.agents.unwrap_or(50_000), args.frameworks.unwrap_or(200));
     let warm = args.duration.unwrap_or(Duration::from_secs(60));
+    let cpus = args.agent_cpus.unwrap_or(8);
     println!(
-        "corral bench paper: {na} agents (cpus:8;mem:4096) × {nf} frameworks each launching one task (cpus:1;mem:512) per offer, tasks of 30 ± 10 s (uniform); after {:.0} s a fresh framework runs one 10 s task",
+        "corral bench paper: {na} agents (cpus:{cpus};mem:{}) × {nf} frameworks each launching one task (cpus:1;mem:512) per offer, tasks of 30 ± 10 s (uniform); after {:.0} s a fresh framework runs one 10 s task",
+        cpus * 512,
         warm.as_secs_f64()
     );
-    println!("{TRANSPORT}");
+    let mut c = cluster(args.transport)?;
+    println!("{}", c.transport());
     let (_, cpu0) = process_usage();
-    let master0 = Duration::ZERO;
+    let master0 = c.master_cpu();
     let wall = std::time::Instant::now();
-    let mut sim = Sim::new(config());
     let task = Resources::parse("cpus:1;mem:512")?;
+    c.add_agents(na, &Resources::parse(&format!("cpus:{cpus};mem:{}", cpus * 512))?)?;
+    if args.transport == Transport::Quic {
+        await_registration(c.as_mut(), na)?;
+    }
     for f in 0..nf {
-        sim.add_framework(
+        c.add_framework(
             &format!("paper-{f}"),
             "*",
             Behaviour::Launch {
@@ -250,12 +467,11 @@ pub fn paper(args: SimArgs) -> anyhow::Result<ExitCode> {
             },
         );
     }
-    sim.add_agents(na, &Resources::parse("cpus:8;mem:4096")?);
-    run_with_progress(&mut sim, warm, "paper", |_| false);
-    check(&sim)?;
-    let running = sim.master.frameworks().values().map(|f| f.tasks.len()).sum::<usize>();
-    let probe_start = sim.now();
-    let probe = sim.add_framework(
+    run_with_progress(c.as_mut(), warm, "paper", |_| false);
+    check(c.as_ref())?;
+    let running = c.running_tasks();
+    let probe_start = c.now();
+    let probe = c.add_framework(
         "fresh",
         "*",
         Behaviour::Launch {
@@ -266,13 +482,19 @@ pub fn paper(args: SimArgs) -> anyhow::Result<ExitCode> {
             limit: Some(1),
         },
     );
-    run_with_progress(&mut sim, Duration::from_secs(300), "paper probe", |s| {
-        s.counts(probe).finished >= 1
-    });
-    check(&sim)?;
-    let done = sim.first_finished(probe);
+    // In steps of a second: the probe's finish time is recorded when its update arrives, so
+    // the step only bounds how long the run goes on after it.
+    let t0 = std::time::Instant::now();
+    while c.counts(probe).finished == 0
+        && t0.elapsed() < Duration::from_secs(300)
+        && c.failure().is_none()
+    {
+        run_since(c.as_mut(), Duration::from_secs(1), "paper probe", t0, |_| false);
+    }
+    check(c.as_ref())?;
+    let finished = c.first_finished(probe);
     let took = wall.elapsed();
-    match done {
+    match finished {
         Some(Time(end)) => {
             let total = Duration::from_nanos(end - probe_start.0);
             let overhead = total.saturating_sub(Duration::from_secs(10));
@@ -285,6 +507,114 @@ pub fn paper(args: SimArgs) -> anyhow::Result<ExitCode> {
         None => println!("result: the fresh framework's task did not finish within 300 s"),
     }
     println!("  cluster at the probe: {running} tasks running on {na} agents");
-    footer(&sim, took, cpu0, master0);
+    footer(c.as_mut(), took, cpu0, master0);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Flags of `corral bench updates`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpdatesArgs {
+    /// Updates in flight on the connection: the agent runs this many tasks and keeps one
+    /// update of each unacknowledged (as an agent's status-update manager does per task).
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+    /// How long to measure, after a 2 s warm-up.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Worker threads of the master's runtime (`corral master` uses one per core).
+    #[arg(long, default_value_t = 2)]
+    master_threads: usize,
+    /// Worker threads of the simulated agent and framework.
+    #[arg(long, default_value_t = 2)]
+    sim_threads: usize,
+}
+
+/// Status updates over one QUIC connection: one simulated agent, one framework that
+/// acknowledges every update; each update is timed from the agent's send to the master's
+/// StatusAck, which the master sends when the framework's ACKNOWLEDGE arrives.
+pub fn updates(args: UpdatesArgs) -> anyhow::Result<ExitCode> {
+    let window = args.window.max(1);
+    println!(
+        "corral bench updates: one agent on one QUIC connection keeps {window} TASK_RUNNING updates in flight (one per task); one framework acknowledges each; {:.0} s after a 2 s warm-up",
+        args.duration.as_secs_f64()
+    );
+    println!(
+        "transport: quic (the real master: actor, QUIC endpoint with mutual TLS; the agent on its own QUIC connection; the framework attached to the master's actor in process, protobuf events, no HTTP framing)"
+    );
+    let mut c = QuicCluster::start(args.master_threads, args.sim_threads)?;
+    c.add_pump_agent(&Resources::parse(&format!(
+        "cpus:{};mem:{}",
+        window as f64 * 0.01 + 1.0,
+        window + 64
+    ))?)?;
+    c.add_framework(
+        "updates",
+        "*",
+        Behaviour::Launch {
+            task: Resources::parse("cpus:0.01;mem:1")?,
+            duration: Duration::from_secs(86_400),
+            jitter: Duration::ZERO,
+            per_offer: None,
+            limit: Some(window as u64),
+        },
+    );
+    c.run(Duration::from_secs(60), |c| c.counts(0).running >= window as u64, |_| {});
+    if let Some(f) = c.failure() {
+        anyhow::bail!("the benchmark stopped: {f}");
+    }
+    let running = c.counts(0).running;
+    if running < window as u64 {
+        anyhow::bail!("only {running} of {window} tasks reached TASK_RUNNING in 60 s");
+    }
+    c.run(Duration::from_secs(2), |_| false, |_| {});
+    c.reset_pump();
+    let (_, cpu0) = process_usage();
+    let (master0, sim0) = (thread_cpu("master"), thread_cpu("sim"));
+    let wall = std::time::Instant::now();
+    let started = std::time::Instant::now();
+    let mut last = (std::time::Instant::now(), 0u64);
+    c.run(
+        args.duration,
+        |_| false,
+        |c| {
+            let acked = c.pump().acked;
+            eprintln!(
+                "  [updates] {:5.1} s: {acked} acknowledged ({:.0}/s)",
+                started.elapsed().as_secs_f64(),
+                (acked - last.1) as f64 / last.0.elapsed().as_secs_f64()
+            );
+            last = (std::time::Instant::now(), acked);
+        },
+    );
+    let pump = c.pump();
+    let took = wall.elapsed();
+    let (rss, cpu) = process_usage();
+    let (master, sim) = (thread_cpu("master") - master0, thread_cpu("sim") - sim0);
+    if let Some(f) = c.failure() {
+        anyhow::bail!("the benchmark stopped: {f}");
+    }
+    c.stop();
+    let rate = pump.acked as f64 / took.as_secs_f64();
+    println!(
+        "result: {} updates acknowledged in {:.2} s: {rate:.0} updates/s (target ≥ 200,000/s: {})",
+        pump.acked,
+        took.as_secs_f64(),
+        if rate >= 200_000.0 { "met" } else { "not met" }
+    );
+    quantiles("agent send → StatusAck", &pump.latency);
+    let p99 = pump.latency.quantile(0.99);
+    println!(
+        "  p99 {} (target ≤ 200 µs: {})",
+        ms(p99),
+        if p99 <= Duration::from_micros(200) { "met" } else { "not met" }
+    );
+    let core = |d: Duration| d.as_secs_f64() / took.as_secs_f64() * 100.0;
+    println!(
+        "  CPU: master threads {:.0}% of a core, agent and framework {:.0}%, process {:.0}%; RSS {:.0} MiB",
+        core(master),
+        core(sim),
+        core(cpu - cpu0),
+        rss as f64 / (1 << 20) as f64
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -4,3 +4,4 @@
 
 pub mod client;
 pub mod sim;
+pub mod sim_quic;

@@ -53,15 +53,192 @@ pub struct Counts {
     pub updates: u64,
 }
 
+/// What a simulated framework decides, whichever transport carries its calls and events:
+/// the in-process [`Sim`] and the QUIC cluster of [`crate::sim_quic`] both drive it.
+///
+/// A launched task's command is `sleep SECONDS`: the simulated agent that receives it reports
+/// TASK_RUNNING at once and TASK_FINISHED when that time has passed ([`task_duration`]).
 #[derive(Debug)]
-struct SimFramework {
-    uuid: String,
-    id: Option<String>,
+pub struct FrameworkModel {
+    index: usize,
+    pub id: Option<String>,
     role: String,
     behaviour: Behaviour,
-    counts: Counts,
+    pub counts: Counts,
     /// When a task of this framework finished, by task id (for one-task probes).
-    finished_at: HashMap<String, Time>,
+    pub finished_at: HashMap<String, Time>,
+    next_task: u64,
+    rng: u64,
+}
+
+impl FrameworkModel {
+    pub fn new(index: usize, role: &str, behaviour: Behaviour) -> FrameworkModel {
+        FrameworkModel {
+            index,
+            id: None,
+            role: role.into(),
+            behaviour,
+            counts: Counts::default(),
+            finished_at: HashMap::new(),
+            next_task: 0,
+            rng: 0x9e37_79b9_7f4a_7c15 ^ (index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d),
+        }
+    }
+
+    /// The SUBSCRIBE call of a framework named `name` in this model's role.
+    pub fn subscribe(&self, name: &str) -> call::Subscribe {
+        let info = v1::FrameworkInfo {
+            user: "root".into(),
+            name: name.into(),
+            roles: vec![self.role.clone()],
+            capabilities: vec![v1::framework_info::Capability {
+                r#type: Some(v1::framework_info::capability::Type::MultiRole as i32),
+            }],
+            ..Default::default()
+        };
+        call::Subscribe { framework_info: info, ..Default::default() }
+    }
+
+    /// Reacts to one event at `now`: the calls to make go to `out`. `Err` when the master
+    /// sent an ERROR (the run stops).
+    pub fn on_event(&mut self, event: Event, now: Time, out: &mut Vec<Call>) -> Result<(), String> {
+        match event.r#type() {
+            event::Type::Subscribed => {
+                self.id = event.subscribed.map(|s| s.framework_id.value);
+            }
+            event::Type::Offers => {
+                for offer in event.offers.map(|o| o.offers).unwrap_or_default() {
+                    self.counts.offers += 1;
+                    out.push(self.answer(offer));
+                }
+            }
+            event::Type::Update => {
+                let Some(status) = event.update.map(|u| u.status) else { return Ok(()) };
+                self.counts.updates += 1;
+                match status.state() {
+                    TaskState::TaskRunning => self.counts.running += 1,
+                    TaskState::TaskFinished => {
+                        self.counts.finished += 1;
+                        if matches!(self.behaviour, Behaviour::Launch { limit: Some(_), .. }) {
+                            self.finished_at.insert(status.task_id.value.clone(), now);
+                        }
+                    }
+                    _ => {}
+                }
+                if let (Some(uuid), Some(agent_id)) = (status.uuid, status.agent_id) {
+                    out.push(Call {
+                        framework_id: self.framework_id(),
+                        r#type: Some(call::Type::Acknowledge as i32),
+                        acknowledge: Some(call::Acknowledge {
+                            agent_id,
+                            task_id: status.task_id,
+                            uuid,
+                        }),
+                        ..Default::default()
+                    });
+                }
+            }
+            event::Type::Error => return Err(format!("a framework got ERROR: {:?}", event.error)),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn framework_id(&self) -> Option<v1::FrameworkId> {
+        self.id.as_ref().map(|id| v1::FrameworkId { value: id.clone() })
+    }
+
+    fn random(&mut self, bound: u64) -> u64 {
+        // xorshift64*: plenty for jitter.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let x = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        if bound == 0 { 0 } else { x % bound }
+    }
+
+    /// The framework's answer to one offer: DECLINE or ACCEPT with tasks.
+    fn answer(&mut self, offer: v1::Offer) -> Call {
+        let framework_id = self.framework_id();
+        let (task, limit, duration, jitter) = match &self.behaviour {
+            Behaviour::DeclineAll { refuse } => {
+                let refuse = refuse.as_secs_f64();
+                self.counts.declines += 1;
+                return Call {
+                    framework_id,
+                    r#type: Some(call::Type::Decline as i32),
+                    decline: Some(call::Decline {
+                        offer_ids: vec![offer.id],
+                        filters: Some(v1::Filters { refuse_seconds: Some(refuse) }),
+                    }),
+                    ..Default::default()
+                };
+            }
+            Behaviour::Launch { task, limit, per_offer, duration, jitter } => {
+                let left = limit.map(|l| l.saturating_sub(self.counts.launched));
+                let cap = match (left, per_offer) {
+                    (Some(a), Some(b)) => Some(a.min(*b)),
+                    (a, b) => a.or(*b),
+                };
+                (task.clone(), cap, *duration, *jitter)
+            }
+        };
+        let mut left = Resources::from_mesos(&offer.resources).unwrap_or_default();
+        let mut tasks = Vec::new();
+        while left.contains(&task) && limit.is_none_or(|l| (tasks.len() as u64) < l) {
+            left.subtract(&task);
+            self.next_task += 1;
+            let id = format!("f{}-t{}", self.index, self.next_task);
+            let d = duration.saturating_sub(jitter)
+                + Duration::from_nanos(self.random(2 * jitter.as_nanos() as u64 + 1));
+            tasks.push(v1::TaskInfo {
+                name: id.clone(),
+                task_id: v1::TaskId { value: id },
+                agent_id: offer.agent_id.clone(),
+                resources: task.to_mesos(Some(&self.role)),
+                command: Some(v1::CommandInfo {
+                    value: Some(format!("sleep {:.3}", d.as_secs_f64())),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        self.counts.launched += tasks.len() as u64;
+        if tasks.is_empty() {
+            // Nothing fits: decline, with the default filter.
+            self.counts.declines += 1;
+            return Call {
+                framework_id,
+                r#type: Some(call::Type::Decline as i32),
+                decline: Some(call::Decline { offer_ids: vec![offer.id], filters: None }),
+                ..Default::default()
+            };
+        }
+        Call {
+            framework_id,
+            r#type: Some(call::Type::Accept as i32),
+            accept: Some(call::Accept {
+                offer_ids: vec![offer.id],
+                operations: vec![v1::offer::Operation {
+                    r#type: Some(v1::offer::operation::Type::Launch as i32),
+                    launch: Some(v1::offer::operation::Launch { task_infos: tasks }),
+                    ..Default::default()
+                }],
+                filters: None,
+            }),
+            ..Default::default()
+        }
+    }
+}
+
+/// How long a simulated task runs: its command is `sleep SECONDS` (see [`FrameworkModel`]).
+pub fn task_duration(command: Option<&str>) -> Duration {
+    command
+        .and_then(|c| c.strip_prefix("sleep "))
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+        .unwrap_or(Duration::ZERO)
 }
 
 #[derive(Debug)]
@@ -121,12 +298,12 @@ pub struct Sim {
     epoch_ns: u64,
     skipped: Duration,
     agents: Vec<SimAgent>,
-    frameworks: Vec<SimFramework>,
+    frameworks: Vec<FrameworkModel>,
+    /// Each framework's `Mesos-Stream-Id`.
+    uuids: Vec<String>,
     by_stream: HashMap<u64, usize>,
     later: BinaryHeap<Reverse<(Time, Later)>>,
     inbox: VecDeque<Input>,
-    next_task: u64,
-    rng: u64,
     /// What went wrong, if the master refused or closed something (the run stops).
     pub failure: Option<String>,
     /// Wall time spent inside the master core (its calls and its command queue), as opposed
@@ -158,8 +335,7 @@ impl Sim {
             by_stream: HashMap::new(),
             later: BinaryHeap::new(),
             inbox: VecDeque::new(),
-            next_task: 0,
-            rng: 0x9e37_79b9_7f4a_7c15,
+            uuids: Vec::new(),
             failure: None,
             master_time: Duration::ZERO,
         }
@@ -207,25 +383,11 @@ impl Sim {
         let i = self.frameworks.len();
         let stream = 1_000_000 + i as u64;
         let uuid = format!("sim-stream-{i}");
-        self.frameworks.push(SimFramework {
-            uuid: uuid.clone(),
-            id: None,
-            role: role.into(),
-            behaviour,
-            counts: Counts::default(),
-            finished_at: HashMap::new(),
-        });
+        let model = FrameworkModel::new(i, role, behaviour);
+        let sub = Box::new(model.subscribe(name));
+        self.frameworks.push(model);
+        self.uuids.push(uuid.clone());
         self.by_stream.insert(stream, i);
-        let info = v1::FrameworkInfo {
-            user: "root".into(),
-            name: name.into(),
-            roles: vec![role.to_string()],
-            capabilities: vec![v1::framework_info::Capability {
-                r#type: Some(v1::framework_info::capability::Type::MultiRole as i32),
-            }],
-            ..Default::default()
-        };
-        let sub = Box::new(call::Subscribe { framework_info: info, ..Default::default() });
         self.inbox.push_back(Input::Subscribe { stream, uuid, sub });
         i
     }
@@ -453,7 +615,7 @@ impl Sim {
     }
 
     fn push_call(&mut self, stream: u64, call: Call) {
-        let uuid = self.frameworks[self.by_stream[&stream]].uuid.clone();
+        let uuid = self.uuids[self.by_stream[&stream]].clone();
         self.inbox.push_back(Input::Call { uuid, call: Box::new(call) });
     }
 
@@ -520,15 +682,7 @@ impl Sim {
                 let (fid, tid) = (run.framework.id.clone(), run.task.task_id.clone());
                 let m = self.update(conn, &fid, &tid, TaskState::TaskRunning);
                 self.inbox.push_back(Input::Agent(conn, m));
-                let f = self.frameworks.iter().position(|f| f.id.as_deref() == Some(&fid));
-                let duration = match f.map(|f| &self.frameworks[f].behaviour) {
-                    Some(Behaviour::Launch { duration, jitter, .. }) => {
-                        let (d, j) = (*duration, *jitter);
-                        d.saturating_sub(j)
-                            + Duration::from_nanos(self.random(2 * j.as_nanos() as u64 + 1))
-                    }
-                    _ => Duration::ZERO,
-                };
+                let duration = task_duration(run.task.command.value.as_deref());
                 let at = Time(self.now().0 + duration.as_nanos() as u64);
                 self.later
                     .push(Reverse((at, Later::Finish { conn, framework_id: fid, task_id: tid })));
@@ -541,136 +695,15 @@ impl Sim {
         }
     }
 
-    fn random(&mut self, bound: u64) -> u64 {
-        // xorshift64*: plenty for jitter.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        let x = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        if bound == 0 { 0 } else { x % bound }
-    }
-
     fn framework_receives(&mut self, stream: u64, event: Event) {
         let Some(&i) = self.by_stream.get(&stream) else { return };
-        match event.r#type() {
-            event::Type::Subscribed => {
-                self.frameworks[i].id = event.subscribed.map(|s| s.framework_id.value);
-            }
-            event::Type::Offers => {
-                for offer in event.offers.map(|o| o.offers).unwrap_or_default() {
-                    self.frameworks[i].counts.offers += 1;
-                    let call = self.answer(i, offer);
-                    self.push_call(stream, call);
-                }
-            }
-            event::Type::Update => {
-                let Some(status) = event.update.map(|u| u.status) else { return };
-                let f = &mut self.frameworks[i];
-                f.counts.updates += 1;
-                match status.state() {
-                    TaskState::TaskRunning => f.counts.running += 1,
-                    TaskState::TaskFinished => {
-                        f.counts.finished += 1;
-                        let probe = matches!(f.behaviour, Behaviour::Launch { limit: Some(_), .. });
-                        let now = Time(
-                            self.epoch_ns + (self.start.elapsed() + self.skipped).as_nanos() as u64,
-                        );
-                        if probe {
-                            f.finished_at.insert(status.task_id.value.clone(), now);
-                        }
-                    }
-                    _ => {}
-                }
-                if let (Some(uuid), Some(agent_id)) = (status.uuid.clone(), status.agent_id.clone())
-                {
-                    let call = Call {
-                        framework_id: f.id.as_ref().map(|id| v1::FrameworkId { value: id.clone() }),
-                        r#type: Some(call::Type::Acknowledge as i32),
-                        acknowledge: Some(call::Acknowledge {
-                            agent_id,
-                            task_id: status.task_id,
-                            uuid,
-                        }),
-                        ..Default::default()
-                    };
-                    self.push_call(stream, call);
-                }
-            }
-            event::Type::Error => {
-                self.failure.get_or_insert(format!("a framework got ERROR: {:?}", event.error));
-            }
-            _ => {}
+        let now = self.now();
+        let mut calls = Vec::new();
+        if let Err(e) = self.frameworks[i].on_event(event, now, &mut calls) {
+            self.failure.get_or_insert(e);
         }
-    }
-
-    /// The framework's answer to one offer: DECLINE or ACCEPT with tasks.
-    fn answer(&mut self, i: usize, offer: v1::Offer) -> Call {
-        let f = &self.frameworks[i];
-        let framework_id = f.id.as_ref().map(|id| v1::FrameworkId { value: id.clone() });
-        let (task, limit) = match &f.behaviour {
-            Behaviour::DeclineAll { refuse } => {
-                let refuse = refuse.as_secs_f64();
-                self.frameworks[i].counts.declines += 1;
-                return Call {
-                    framework_id,
-                    r#type: Some(call::Type::Decline as i32),
-                    decline: Some(call::Decline {
-                        offer_ids: vec![offer.id],
-                        filters: Some(v1::Filters { refuse_seconds: Some(refuse) }),
-                    }),
-                    ..Default::default()
-                };
-            }
-            Behaviour::Launch { task, limit, per_offer, .. } => {
-                let launched = f.counts.launched;
-                let left = limit.map(|l| l.saturating_sub(launched));
-                let cap = match (left, per_offer) {
-                    (Some(a), Some(b)) => Some(a.min(*b)),
-                    (a, b) => a.or(*b),
-                };
-                (task.clone(), cap)
-            }
-        };
-        let mut left = Resources::from_mesos(&offer.resources).unwrap_or_default();
-        let role = f.role.clone();
-        let mut tasks = Vec::new();
-        while left.contains(&task) && limit.is_none_or(|l| (tasks.len() as u64) < l) {
-            left.subtract(&task);
-            self.next_task += 1;
-            let id = format!("t{}", self.next_task);
-            tasks.push(v1::TaskInfo {
-                name: id.clone(),
-                task_id: v1::TaskId { value: id },
-                agent_id: offer.agent_id.clone(),
-                resources: task.to_mesos(Some(&role)),
-                command: Some(v1::CommandInfo { value: Some("true".into()), ..Default::default() }),
-                ..Default::default()
-            });
-        }
-        self.frameworks[i].counts.launched += tasks.len() as u64;
-        if tasks.is_empty() {
-            // Nothing fits: decline, with the default filter.
-            self.frameworks[i].counts.declines += 1;
-            return Call {
-                framework_id,
-                r#type: Some(call::Type::Decline as i32),
-                decline: Some(call::Decline { offer_ids: vec![offer.id], filters: None }),
-                ..Default::default()
-            };
-        }
-        Call {
-            framework_id,
-            r#type: Some(call::Type::Accept as i32),
-            accept: Some(call::Accept {
-                offer_ids: vec![offer.id],
-                operations: vec![v1::offer::Operation {
-                    r#type: Some(v1::offer::operation::Type::Launch as i32),
-                    launch: Some(v1::offer::operation::Launch { task_infos: tasks }),
-                    ..Default::default()
-                }],
-                filters: None,
-            }),
-            ..Default::default()
+        for call in calls {
+            self.push_call(stream, call);
         }
     }
 }

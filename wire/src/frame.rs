@@ -61,32 +61,37 @@ pub fn decode_master(payload: &[u8]) -> Result<MasterMessage, FrameError> {
         .map_err(|e| FrameError::Invalid(e.to_string()))
 }
 
-/// Reads records from a stream into one reused, aligned buffer.
+/// Smallest and largest read buffer of a [`FrameReader`]: an idle connection (pings and
+/// pongs) keeps the small one; a busy one grows it so that one read takes many records.
+const READ_MIN: usize = 1 << 10;
+const READ_MAX: usize = 64 << 10;
+
+/// Reads records from a stream. Reads go into a buffer that holds as many records as arrived
+/// (one read, and on QUIC one lock of the connection, per burst rather than two per record);
+/// each payload is then copied into one reused, 16-byte-aligned buffer for validation.
+/// Cancelling [`FrameReader::next`] loses nothing: what was read stays buffered.
 #[derive(Debug)]
 pub struct FrameReader {
     buf: AlignedVec<16>,
     max: usize,
+    /// Bytes read and not yet consumed: `input[start..end]`.
+    input: Vec<u8>,
+    start: usize,
+    end: usize,
 }
 
 impl FrameReader {
     pub fn new(max: usize) -> FrameReader {
-        FrameReader { buf: AlignedVec::new(), max }
+        FrameReader { buf: AlignedVec::new(), max, input: Vec::new(), start: 0, end: 0 }
     }
 
-    /// Reads the next record's payload. `Ok(None)` is a clean end of stream between records.
-    pub async fn next<R: AsyncRead + Unpin>(
-        &mut self,
-        r: &mut R,
-    ) -> Result<Option<&[u8]>, FrameError> {
-        let mut header = [0u8; 4];
-        let mut got = 0;
-        while got < 4 {
-            let n = r.read(&mut header[got..]).await?;
-            if n == 0 {
-                return if got == 0 { Ok(None) } else { Err(FrameError::Truncated) };
-            }
-            got += n;
+    /// The length of the record at the head of the buffer, once its header is there.
+    fn head_len(&self) -> Result<Option<usize>, FrameError> {
+        if self.end - self.start < 4 {
+            return Ok(None);
         }
+        let mut header = [0u8; 4];
+        header.copy_from_slice(&self.input[self.start..self.start + 4]);
         let len = u32::from_le_bytes(header) as usize;
         if len == 0 {
             return Err(FrameError::Empty);
@@ -94,13 +99,68 @@ impl FrameReader {
         if len > self.max {
             return Err(FrameError::TooLarge { len, max: self.max });
         }
-        self.buf.clear();
-        self.buf.resize(len, 0);
-        r.read_exact(&mut self.buf[..]).await.map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-            _ => FrameError::Io(e),
-        })?;
-        Ok(Some(&self.buf[..]))
+        Ok(Some(len))
+    }
+
+    /// Whether a whole record is already buffered, so that the next call to
+    /// [`FrameReader::next`] returns without reading (a bad header counts: it fails at once).
+    pub fn has_buffered(&self) -> bool {
+        match self.head_len() {
+            Ok(Some(len)) => self.end - self.start >= 4 + len,
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
+    /// Reads the next record's payload. `Ok(None)` is a clean end of stream between records.
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        r: &mut R,
+    ) -> Result<Option<&[u8]>, FrameError> {
+        loop {
+            let want = match self.head_len()? {
+                Some(len) if self.end - self.start >= 4 + len => {
+                    let at = self.start + 4;
+                    self.buf.clear();
+                    self.buf.extend_from_slice(&self.input[at..at + len]);
+                    self.start = at + len;
+                    if self.start == self.end {
+                        (self.start, self.end) = (0, 0);
+                        if self.input.len() > READ_MAX {
+                            // After one huge record, back to the usual size.
+                            self.input.truncate(READ_MAX);
+                            self.input.shrink_to_fit();
+                        }
+                    }
+                    return Ok(Some(&self.buf[..]));
+                }
+                Some(len) => 4 + len,
+                None => 4,
+            };
+            // Room for the rest of this record (up to READ_MAX at a time), at the front.
+            if self.start > 0 {
+                self.input.copy_within(self.start..self.end, 0);
+                (self.start, self.end) = (0, self.end - self.start);
+            }
+            let room = want.clamp(READ_MIN, READ_MAX).max(self.input.len().min(READ_MAX));
+            if self.input.len() < room {
+                self.input.resize(room, 0);
+            }
+            if self.end == self.input.len() {
+                // A record larger than READ_MAX: grow to hold it (its length is capped).
+                self.input.resize(want, 0);
+            }
+            let n = r.read(&mut self.input[self.end..]).await?;
+            if n == 0 {
+                return if self.end == self.start { Ok(None) } else { Err(FrameError::Truncated) };
+            }
+            self.end += n;
+            // A read that filled the buffer: the stream is busy, read more at a time.
+            if self.end == self.input.len() && self.input.len() < READ_MAX {
+                let grown = (self.input.len() * 2).min(READ_MAX);
+                self.input.resize(grown, 0);
+            }
+        }
     }
 
     /// Reads and decodes the next agent message.

@@ -195,8 +195,56 @@ fn read_all_agent(bytes: &[u8], max: usize) -> Result<Vec<AgentMessage>, FrameEr
     })
 }
 
+/// A stream that hands out at most `step` bytes per read, as a network does.
+struct Trickle<'a> {
+    data: &'a [u8],
+    step: usize,
+}
+
+impl tokio::io::AsyncRead for Trickle<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let n = self.step.min(self.data.len()).min(buf.remaining());
+        buf.put_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Records split across reads anywhere, or many per read, come out whole and in order;
+    /// `has_buffered` says when the next one needs no read.
+    #[test]
+    fn records_survive_any_read_chunking(
+        msgs in proptest::collection::vec(agent_message(), 1..40),
+        step in 1usize..5000,
+    ) {
+        let mut bytes = Vec::new();
+        for m in &msgs {
+            bytes.extend(frame::encode_agent(m));
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let got = rt.block_on(async {
+            let mut r = Trickle { data: &bytes, step };
+            let mut reader = FrameReader::new(frame::DEFAULT_MAX_FRAME);
+            let mut out = Vec::new();
+            while let Some(m) = reader.next_agent(&mut r).await.unwrap() {
+                out.push(m);
+                if reader.has_buffered() {
+                    // The next record is whole in the buffer: an empty stream must do.
+                    let mut empty: &[u8] = &[];
+                    out.push(reader.next_agent(&mut empty).await.unwrap().unwrap());
+                }
+            }
+            out
+        });
+        prop_assert_eq!(got, msgs);
+    }
 
     #[test]
     fn agent_messages_round_trip(msgs in proptest::collection::vec(agent_message(), 1..5)) {

@@ -201,7 +201,7 @@ async fn scheduler(
         return subscribe(handle, call.subscribe.unwrap_or_default(), encoding).await;
     }
     let (reply, rx) = oneshot::channel();
-    if !handle.send(Input::Call { stream_id, call, reply }).await {
+    if !handle.send(Input::Call { stream_id, call: Box::new(call), reply }).await {
         return text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down");
     }
     match rx.await {
@@ -217,7 +217,13 @@ async fn subscribe(handle: Handle, sub: call::Subscribe, encoding: Encoding) -> 
     let uuid = uuid::Uuid::new_v4().to_string();
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     if !handle
-        .send(Input::Subscribe { stream, uuid: uuid.clone(), subscribe: sub, encoding, tx })
+        .send(Input::Subscribe {
+            stream,
+            uuid: uuid.clone(),
+            subscribe: Box::new(sub),
+            encoding,
+            tx,
+        })
         .await
     {
         return text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down");
@@ -316,7 +322,7 @@ async fn operator(
         T::Subscribe => operator_subscribe(handle, encoding).await,
         _ => {
             let (reply, rx) = oneshot::channel();
-            if !handle.send(Input::OperatorCall { call, reply }).await {
+            if !handle.send(Input::OperatorCall { call: Box::new(call), reply }).await {
                 return shutting_down();
             }
             match rx.await {

@@ -180,6 +180,11 @@ impl AgentTx {
     pub fn close(&self, reason: String) {
         let _ = self.tx.send(Outbound::Close(reason));
     }
+
+    /// Whether the connection task is gone (its receiving end dropped).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 /// A query run inside the actor against the core (the HTTP views use it).
@@ -192,9 +197,10 @@ pub enum Input {
         peer: SocketAddr,
         tx: AgentTx,
     },
-    AgentMessage {
+    /// Messages from one agent connection, in order: what one read of its stream held.
+    AgentMessages {
         conn: ConnId,
-        msg: AgentMessage,
+        msgs: Vec<AgentMessage>,
     },
     AgentGone {
         conn: ConnId,
@@ -202,7 +208,9 @@ pub enum Input {
     Subscribe {
         stream: StreamId,
         uuid: String,
-        subscribe: call::Subscribe,
+        /// Boxed, as every large payload here: each input moves through the actor's queue,
+        /// so the enum stays the size of its small variants.
+        subscribe: Box<call::Subscribe>,
         encoding: Encoding,
         tx: mpsc::Sender<Bytes>,
     },
@@ -211,7 +219,7 @@ pub enum Input {
     },
     Call {
         stream_id: Option<String>,
-        call: Call,
+        call: Box<Call>,
         reply: oneshot::Sender<Result<CallResponse, CallError>>,
     },
     /// An operator API SUBSCRIBE: the stream gets SUBSCRIBED and then every operator event.
@@ -222,7 +230,7 @@ pub enum Input {
     },
     /// An operator API call the core answers.
     OperatorCall {
-        call: corral_wire::mesos::v1::master::Call,
+        call: Box<corral_wire::mesos::v1::master::Call>,
         reply: oneshot::Sender<Result<OperatorResponse, CallError>>,
     },
     Query(Query),
@@ -232,7 +240,9 @@ impl std::fmt::Debug for Input {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Input::AgentConnected { conn, peer, .. } => write!(f, "AgentConnected({conn}, {peer})"),
-            Input::AgentMessage { conn, .. } => write!(f, "AgentMessage({conn})"),
+            Input::AgentMessages { conn, msgs } => {
+                write!(f, "AgentMessages({conn}, {})", msgs.len())
+            }
             Input::AgentGone { conn } => write!(f, "AgentGone({conn})"),
             Input::Subscribe { stream, .. } => write!(f, "Subscribe({stream})"),
             Input::StreamClosed { stream } => write!(f, "StreamClosed({stream})"),
@@ -310,14 +320,18 @@ impl Actor {
                 tracing::debug!(conn, %peer, "agent connection established");
                 self.agents.insert(conn, tx);
             }
-            Input::AgentMessage { conn, msg } => self.master.agent_message(now, conn, msg),
+            Input::AgentMessages { conn, msgs } => {
+                for msg in msgs {
+                    self.master.agent_message(now, conn, msg);
+                }
+            }
             Input::AgentGone { conn } => {
                 self.agents.remove(&conn);
                 self.master.agent_disconnected(now, conn);
             }
             Input::Subscribe { stream, uuid, subscribe, encoding, tx } => {
                 self.streams.insert(stream, Sink { tx, encoding });
-                self.master.subscribe(now, stream, uuid, subscribe);
+                self.master.subscribe(now, stream, uuid, *subscribe);
             }
             Input::StreamClosed { stream } => {
                 self.streams.remove(&stream);
@@ -329,13 +343,13 @@ impl Actor {
                 self.master.operator_subscribe(now, stream);
             }
             Input::OperatorCall { call, reply } => {
-                let result = self.master.operator_call(now, call);
+                let result = self.master.operator_call(now, *call);
                 // What the call changed is persisted before the operator hears back.
                 self.perform();
                 let _ = reply.send(result);
             }
             Input::Call { stream_id, call, reply } => {
-                let _ = reply.send(self.master.call(now, stream_id.as_deref(), call));
+                let _ = reply.send(self.master.call(now, stream_id.as_deref(), *call));
             }
             Input::Query(q) => q(&self.master),
         }
@@ -348,7 +362,11 @@ impl Actor {
                     let Some(tx) = self.agents.get(&conn) else { continue };
                     if tx.send(&msg).is_err() {
                         // The connection task is gone or hopelessly behind: drop it.
-                        tracing::warn!(conn, "agent connection cannot keep up; closing it");
+                        if tx.is_closed() {
+                            tracing::debug!(conn, "agent connection already gone");
+                        } else {
+                            tracing::warn!(conn, "agent connection cannot keep up; closing it");
+                        }
                         tx.close("outbound queue full".into());
                         self.agents.remove(&conn);
                         let now = self.clock.now();
@@ -487,6 +505,46 @@ pub async fn run(
     args: MasterArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), MasterError> {
+    let running = start(args).await?;
+    shutdown.await;
+    running.stop().await
+}
+
+/// A master started by [`start`]: its actor, agent endpoint and HTTP server run as tasks on
+/// the current runtime until [`Running::stop`].
+#[derive(Debug)]
+pub struct Running {
+    /// The actor's input handle: what the transports use, and what an in-process party (a
+    /// benchmark's simulated frameworks) may use too.
+    pub handle: Handle,
+    /// The port HTTP (tcp) and the agent endpoint (udp) listen on.
+    pub port: u16,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    endpoint: quinn::Endpoint,
+    actor_task: tokio::task::JoinHandle<()>,
+    quic_task: tokio::task::JoinHandle<()>,
+    http_task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Running {
+    /// Stops the master: the actor ends every stream and connection, then the transports
+    /// close.
+    pub async fn stop(self) -> Result<(), MasterError> {
+        tracing::info!("master shutting down");
+        let _ = self.stop_tx.send(true);
+        self.endpoint.close(0u32.into(), b"master shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.actor_task).await;
+        self.quic_task.abort();
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), self.http_task).await {
+            return Err(MasterError::Http(e));
+        }
+        self.endpoint.wait_idle().await;
+        Ok(())
+    }
+}
+
+/// Starts a master on the current tokio runtime and returns once it listens.
+pub async fn start(args: MasterArgs) -> Result<Running, MasterError> {
     let config = args.core_config()?;
     let tls = args.tls_files();
     let server_config = corral_wire::tls::server_config(&tls)?;
@@ -551,17 +609,31 @@ pub async fn run(
         }
     };
     let http_task = tokio::spawn(http::serve(listener, handle.clone(), http_stop));
-    shutdown.await;
-    tracing::info!("master shutting down");
-    let _ = stop_tx.send(true);
-    endpoint.close(0u32.into(), b"master shutting down");
-    let _ = tokio::time::timeout(Duration::from_secs(5), actor_task).await;
-    quic_task.abort();
-    if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), http_task).await {
-        return Err(MasterError::Http(e));
+    Ok(Running { handle, port, stop_tx, endpoint, actor_task, quic_task, http_task })
+}
+
+/// Socket receive buffer the agent endpoint asks for. A master failover, or a cluster
+/// starting, has every agent handshake at once: each QUIC Initial is a padded 1,200-byte
+/// datagram, and a default 208 KiB buffer overflows at a few hundred of them, so handshakes
+/// are lost and retried after a backoff of seconds.
+const AGENT_SOCKET_BUFFER: usize = 16 << 20;
+
+/// The agent endpoint on `addr`, with a receive buffer sized for registration storms: as
+/// root the size is forced past `net.core.rmem_max`, otherwise that limit caps it.
+fn agent_endpoint(
+    server_config: quinn::ServerConfig,
+    addr: SocketAddr,
+) -> std::io::Result<quinn::Endpoint> {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let socket = std::net::UdpSocket::bind(addr)?;
+    if setsockopt(&socket, sockopt::RcvBufForce, &AGENT_SOCKET_BUFFER).is_err() {
+        let _ = setsockopt(&socket, sockopt::RcvBuf, &AGENT_SOCKET_BUFFER);
     }
-    endpoint.wait_idle().await;
-    Ok(())
+    let got = nix::sys::socket::getsockopt(&socket, sockopt::RcvBuf).unwrap_or(0);
+    tracing::debug!(bytes = got, "agent endpoint receive buffer");
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| std::io::Error::other("no async runtime for the agent endpoint"))?;
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
 }
 
 /// Binds TCP and UDP on the same port. With port 0, retries until a port free for both is
@@ -578,7 +650,7 @@ fn bind_pair(
             .map_err(|source| MasterError::Bind { what: "http (tcp)", addr, source })?;
         std_listener.set_nonblocking(true).map_err(MasterError::Http)?;
         let bound = std_listener.local_addr().map_err(MasterError::Http)?;
-        match quinn::Endpoint::server(server_config.clone(), bound) {
+        match agent_endpoint(server_config.clone(), bound) {
             Ok(endpoint) => {
                 let listener =
                     tokio::net::TcpListener::from_std(std_listener).map_err(MasterError::Http)?;

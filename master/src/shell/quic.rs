@@ -13,6 +13,9 @@ use super::{AgentRx, Handle, Input, Outbound, agent_queue};
 /// Bytes gathered from the queue into one stream write.
 const WRITE_BATCH: usize = 256 << 10;
 
+/// Messages from one connection handed to the actor in one input, at most.
+const MAX_BATCH: usize = 256;
+
 /// Application close codes.
 const CLOSE_NORMAL: u32 = 0;
 const CLOSE_PROTOCOL: u32 = 1;
@@ -94,7 +97,25 @@ async fn connection(conn: quinn::Connection, handle: Handle, max_frame: usize) {
     loop {
         match reader.next_agent(&mut recv).await {
             Ok(Some(msg)) => {
-                if !handle.send(Input::AgentMessage { conn: id, msg }).await {
+                // Whatever else that read brought goes to the actor in the same input.
+                let mut msgs = vec![msg];
+                let mut bad = None;
+                while msgs.len() < MAX_BATCH && reader.has_buffered() {
+                    match reader.next_agent(&mut recv).await {
+                        Ok(Some(m)) => msgs.push(m),
+                        Ok(None) => break,
+                        Err(e) => {
+                            bad = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if !handle.send(Input::AgentMessages { conn: id, msgs }).await {
+                    break;
+                }
+                if let Some(e) = bad {
+                    tracing::warn!(%peer, conn = id, reason = %e, "dropping agent: bad record");
+                    conn.close(CLOSE_PROTOCOL.into(), format!("bad record: {e}").as_bytes());
                     break;
                 }
             }
