@@ -60,9 +60,10 @@ fn a_subscriber_that_stops_reading_is_dropped_and_holds_nobody_back() {
     let c = Cluster::start(ClusterOptions { agents: 0, ..Default::default() });
     let port = c.master_port;
     let (_socket, stream_id, fid) = stuck_subscriber(port);
-    // Flood its stream: every explicit reconciliation of an unknown task is one UPDATE event.
+    // Flood its stream: every explicit reconciliation of an unknown task is one UPDATE event
+    // of about 300 bytes, so each call queues ~6 MB; the stream's queue holds 64 MiB.
     let tasks: Vec<String> =
-        (0..2000).map(|i| format!(r#"{{"task_id":{{"value":"ghost-{i}"}}}}"#)).collect();
+        (0..20_000).map(|i| format!(r#"{{"task_id":{{"value":"ghost-{i}"}}}}"#)).collect();
     let call = format!(
         r#"{{"type":"RECONCILE","framework_id":{{"value":"{fid}"}},"reconcile":{{"tasks":[{}]}}}}"#,
         tasks.join(",")
@@ -70,7 +71,9 @@ fn a_subscriber_that_stops_reading_is_dropped_and_holds_nobody_back() {
     let headers = [JSON, ("Mesos-Stream-Id", stream_id.as_str())];
     let started = Instant::now();
     let mut dropped = false;
-    for _ in 0..20 {
+    let mut calls = 0;
+    for _ in 0..60 {
+        calls += 1;
         let r = request(port, "POST", "/api/v1/scheduler", &headers, &call);
         // Everyone else is served meanwhile, promptly.
         let t = Instant::now();
@@ -84,7 +87,9 @@ fn a_subscriber_that_stops_reading_is_dropped_and_holds_nobody_back() {
         }
         assert_eq!(r.status, 202);
     }
-    assert!(dropped, "40,000 undelivered events and the stream is still attached");
+    assert!(dropped, "1,200,000 undelivered events and the stream is still attached");
+    // Not before its queue's 64 MiB were used: a burst of thousands of events is no reason.
+    assert!(calls >= 8, "dropped after {calls} calls of 20,000 events");
     assert!(started.elapsed() < Duration::from_secs(60));
     let st = c.state();
     let fw = st["frameworks"].as_array().unwrap().iter().find(|f| f["id"] == fid.as_str()).unwrap();

@@ -18,12 +18,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use corral_master::core::offer_path::{Latency, Stages};
 use corral_master::core::{CallError, CallResponse, Master, Time};
 use corral_master::shell::{Encoding, Handle, Input};
 use corral_wire::frame::{DEFAULT_MAX_FRAME, FrameReader, encode_agent};
-use corral_wire::mesos::v1::scheduler::Event;
+use corral_wire::mesos::v1::scheduler::{Call, Event};
 use corral_wire::mesos::v1::{self, TaskState};
 use corral_wire::proto::{
     AgentMessage, IsolationReport, MasterMessage, PROTOCOL_VERSION, Registration, StatusUpdate,
@@ -589,7 +588,7 @@ async fn framework(
     use prost::Message as _;
     let stream = handle.next_id();
     let uuid = uuid::Uuid::new_v4().to_string();
-    let (tx, mut rx) = mpsc::channel::<Bytes>(corral_master::shell::http::STREAM_BUFFER);
+    let (tx, mut rx) = corral_master::shell::event_queue();
     let subscribe = model.lock().unwrap_or_else(|e| e.into_inner()).subscribe(&name);
     let input = Input::Subscribe {
         stream,
@@ -601,15 +600,29 @@ async fn framework(
     if !handle.send(input).await {
         return;
     }
-    // Answers are checked off the event path, in order.
-    let (replies_tx, mut replies) =
-        mpsc::unbounded_channel::<oneshot::Receiver<Result<CallResponse, CallError>>>();
-    let checker = shared.clone();
+    // Calls go out from a task of their own, so that reading events never waits on the
+    // actor's input queue: a framework that stops draining its stream is one the master
+    // drops as too slow. Answers are checked after, in order.
+    let (calls_tx, mut calls_rx) = mpsc::unbounded_channel::<Call>();
+    let sender = shared.clone();
     tokio::spawn(async move {
-        while let Some(r) = replies.recv().await {
-            if let Ok(Err(e)) = r.await {
-                checker.fail(format!("the master refused a call: {e:?}"));
+        let (replies_tx, mut replies) =
+            mpsc::unbounded_channel::<oneshot::Receiver<Result<CallResponse, CallError>>>();
+        let checker = sender.clone();
+        tokio::spawn(async move {
+            while let Some(r) = replies.recv().await {
+                if let Ok(Err(e)) = r.await {
+                    checker.fail(format!("the master refused a call: {e:?}"));
+                }
             }
+        });
+        while let Some(call) = calls_rx.recv().await {
+            let (reply, rx) = oneshot::channel();
+            let call = Box::new(call);
+            if !handle.send(Input::Call { stream_id: Some(uuid.clone()), call, reply }).await {
+                return;
+            }
+            let _ = replies_tx.send(rx);
         }
     });
     let mut decoder = corral_wire::recordio::Decoder::new(DEFAULT_MAX_FRAME);
@@ -628,18 +641,7 @@ async fn framework(
                 shared.fail(e);
             }
             for call in calls.drain(..) {
-                let (reply, rx) = oneshot::channel();
-                if !handle
-                    .send(Input::Call {
-                        stream_id: Some(uuid.clone()),
-                        call: Box::new(call),
-                        reply,
-                    })
-                    .await
-                {
-                    return;
-                }
-                let _ = replies_tx.send(rx);
+                let _ = calls_tx.send(call);
             }
         }
     }

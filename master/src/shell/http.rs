@@ -20,7 +20,7 @@ use corral_wire::mesos::v1::scheduler::{Call, call};
 use corral_wire::mesos::v1::{self, master as op};
 use corral_wire::mesos::{APPLICATION_JSON, APPLICATION_PROTOBUF};
 use futures_util::Stream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tower::Layer as _;
 use tower_http::normalize_path::NormalizePathLayer;
 
@@ -33,9 +33,6 @@ use crate::core::{
 /// Largest request body accepted (Mesos has no limit; a cap keeps a hostile client from
 /// making the master allocate without bound).
 pub const MAX_BODY: usize = 8 << 20;
-
-/// Events buffered per subscriber before it counts as stuck and its stream is dropped.
-pub const STREAM_BUFFER: usize = 4096;
 
 /// Serves HTTP on `listener` until `stop` resolves.
 pub async fn serve(
@@ -215,7 +212,7 @@ async fn scheduler(
 async fn subscribe(handle: Handle, sub: call::Subscribe, encoding: Encoding) -> Response {
     let stream = handle.next_id();
     let uuid = uuid::Uuid::new_v4().to_string();
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let (tx, rx) = super::event_queue();
     if !handle
         .send(Input::Subscribe {
             stream,
@@ -356,7 +353,7 @@ fn encoded<M: prost::Message + prost::Name>(encoding: Encoding, msg: &M) -> Resp
 
 async fn operator_subscribe(handle: Handle, encoding: Encoding) -> Response {
     let stream = handle.next_id();
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    let (tx, rx) = super::event_queue();
     if !handle.send(Input::OperatorSubscribe { stream, encoding, tx }).await {
         return shutting_down();
     }
@@ -385,7 +382,7 @@ impl Drop for StreamGuard {
 /// A subscriber's chunked body: one RecordIO record per chunk, a HEARTBEAT record whenever
 /// the interval elapses, ending when the core closes the stream.
 struct EventBody {
-    rx: mpsc::Receiver<Bytes>,
+    rx: super::EventRx,
     heartbeat: tokio::time::Interval,
     heartbeat_record: Bytes,
     #[allow(dead_code)]
@@ -393,7 +390,7 @@ struct EventBody {
 }
 
 impl EventBody {
-    fn new(handle: Handle, stream: u64, rx: mpsc::Receiver<Bytes>, heartbeat: Bytes) -> EventBody {
+    fn new(handle: Handle, stream: u64, rx: super::EventRx, heartbeat: Bytes) -> EventBody {
         let interval = handle.heartbeat_interval;
         EventBody {
             rx,

@@ -187,6 +187,66 @@ impl AgentTx {
     }
 }
 
+/// Bytes of events queued for one subscriber (scheduler or operator stream) before it counts
+/// as stuck and its stream is ended. Bounded in bytes, not events, like the agent queue: one
+/// ACCEPT of 10,000 tasks is a burst of 20,000 small UPDATE events that a healthy subscriber
+/// drains in a moment, while one OFFERS event of a large cluster is megabytes.
+pub const MAX_STREAM_QUEUE_BYTES: usize = 64 << 20;
+
+/// The actor's side of one subscriber's event queue.
+#[derive(Debug, Clone)]
+pub struct EventTx {
+    tx: mpsc::UnboundedSender<Bytes>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The stream's side: records to write, in order.
+#[derive(Debug)]
+pub struct EventRx {
+    rx: mpsc::UnboundedReceiver<Bytes>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// A new event queue for one subscriber.
+pub fn event_queue() -> (EventTx, EventRx) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    (EventTx { tx, queued: queued.clone() }, EventRx { rx, queued })
+}
+
+/// A subscriber that takes no more events: its stream is gone, or too far behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("event stream closed or its queue is full")]
+pub struct StreamFull;
+
+impl EventTx {
+    /// Queues one record; fails when the stream is gone or over its cap.
+    pub fn try_send(&self, record: Bytes) -> Result<(), StreamFull> {
+        use std::sync::atomic::Ordering;
+        let len = record.len();
+        if self.queued.load(Ordering::Relaxed) + len > MAX_STREAM_QUEUE_BYTES {
+            return Err(StreamFull);
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        self.tx.send(record).map_err(|_| StreamFull)
+    }
+}
+
+impl EventRx {
+    /// The next record, once there is one; `None` when the master ended the stream.
+    pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Bytes>> {
+        let polled = self.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(Some(b)) = &polled {
+            self.queued.fetch_sub(b.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+}
+
 /// A query run inside the actor against the core (the HTTP views use it).
 pub type Query = Box<dyn FnOnce(&Master) + Send>;
 
@@ -212,7 +272,7 @@ pub enum Input {
         /// so the enum stays the size of its small variants.
         subscribe: Box<call::Subscribe>,
         encoding: Encoding,
-        tx: mpsc::Sender<Bytes>,
+        tx: EventTx,
     },
     StreamClosed {
         stream: StreamId,
@@ -226,7 +286,7 @@ pub enum Input {
     OperatorSubscribe {
         stream: StreamId,
         encoding: Encoding,
-        tx: mpsc::Sender<Bytes>,
+        tx: EventTx,
     },
     /// An operator API call the core answers.
     OperatorCall {
@@ -296,7 +356,7 @@ impl Handle {
 }
 
 struct Sink {
-    tx: mpsc::Sender<Bytes>,
+    tx: EventTx,
     encoding: Encoding,
 }
 
