@@ -39,6 +39,23 @@ pub use self::registry::{AgentEntry, REGISTRY_VERSION, Registry};
 pub use self::scheduler::{CallError, CallResponse, heartbeat_event, validate_call};
 pub use self::time::Time;
 
+/// The core's maps keyed by id (agents, frameworks, offers, tasks): hashed, because at
+/// 50,000 agents and 500,000 tasks a sorted map's comparisons each chase a key's heap
+/// string (a cache miss), and ids share long prefixes (the master's id). Views that show
+/// them to people sort as they render. FxHash has no random seed, so a run replays in the
+/// same order.
+pub type IdMap<V> = rustc_hash::FxHashMap<String, V>;
+/// A set of ids; see [`IdMap`].
+pub type IdSet = rustc_hash::FxHashSet<String>;
+
+/// `map`'s values in id order: for what people read (JSON views, operator lists), so that
+/// listings are stable from one request to the next.
+pub fn by_id<V>(map: &IdMap<V>) -> impl Iterator<Item = &V> {
+    let mut v: Vec<(&String, &V)> = map.iter().collect();
+    v.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    v.into_iter().map(|(_, v)| v)
+}
+
 /// An agent connection, numbered by the shell.
 pub type ConnId = u64;
 /// A framework's SUBSCRIBE event stream, numbered by the shell.
@@ -342,10 +359,10 @@ pub struct Framework {
     pub reregistered_time: Option<Time>,
     pub unregistered_time: Option<Time>,
     failover_deadline: Option<Time>,
-    pub tasks: BTreeMap<String, Task>,
-    pub unreachable_tasks: BTreeMap<String, Task>,
+    pub tasks: IdMap<Task>,
+    pub unreachable_tasks: IdMap<Task>,
     pub completed_tasks: VecDeque<Task>,
-    pub offers: BTreeSet<String>,
+    pub offers: IdSet,
     /// Task group executors by id.
     pub executors: BTreeMap<String, Executor>,
     /// Offer-path latencies by role (created on a role's first sample).
@@ -384,10 +401,10 @@ impl Framework {
             reregistered_time: None,
             unregistered_time: None,
             failover_deadline: None,
-            tasks: BTreeMap::new(),
-            unreachable_tasks: BTreeMap::new(),
+            tasks: IdMap::default(),
+            unreachable_tasks: IdMap::default(),
             completed_tasks: VecDeque::new(),
-            offers: BTreeSet::new(),
+            offers: IdSet::default(),
             executors: BTreeMap::new(),
             offer_path: BTreeMap::new(),
         }
@@ -442,14 +459,14 @@ pub struct Master {
     start_time: Time,
     now: Time,
     allocator: Allocator,
-    agents: BTreeMap<String, Agent>,
+    agents: IdMap<Agent>,
     /// Live connection -> agent id.
     conns: HashMap<ConnId, String>,
-    frameworks: BTreeMap<String, Framework>,
+    frameworks: IdMap<Framework>,
     completed_frameworks: VecDeque<Framework>,
     /// Live stream -> framework id.
     streams: HashMap<StreamId, String>,
-    offers: BTreeMap<String, Offer>,
+    offers: IdMap<Offer>,
     timers: BTreeSet<(Time, Timer)>,
     commands: VecDeque<Command>,
     next_framework: u64,
@@ -504,12 +521,12 @@ impl Master {
             start_time: now,
             now,
             allocator,
-            agents: BTreeMap::new(),
+            agents: IdMap::default(),
             conns: HashMap::new(),
-            frameworks: BTreeMap::new(),
+            frameworks: IdMap::default(),
             completed_frameworks: VecDeque::new(),
             streams: HashMap::new(),
-            offers: BTreeMap::new(),
+            offers: IdMap::default(),
             timers: BTreeSet::new(),
             commands: VecDeque::new(),
             next_framework: 0,
@@ -542,16 +559,16 @@ impl Master {
     pub fn allocator(&self) -> &Allocator {
         &self.allocator
     }
-    pub fn agents(&self) -> &BTreeMap<String, Agent> {
+    pub fn agents(&self) -> &IdMap<Agent> {
         &self.agents
     }
-    pub fn frameworks(&self) -> &BTreeMap<String, Framework> {
+    pub fn frameworks(&self) -> &IdMap<Framework> {
         &self.frameworks
     }
     pub fn completed_frameworks(&self) -> &VecDeque<Framework> {
         &self.completed_frameworks
     }
-    pub fn offers(&self) -> &BTreeMap<String, Offer> {
+    pub fn offers(&self) -> &IdMap<Offer> {
         &self.offers
     }
 

@@ -182,9 +182,7 @@ impl Master {
     /// `slaves.registered`.
     pub fn get_agents(&self) -> response::GetAgents {
         response::GetAgents {
-            agents: self
-                .agents
-                .values()
+            agents: super::by_id(&self.agents)
                 .filter(|a| a.state != AgentState::Unreachable)
                 .map(|a| self.agent_proto(a))
                 .collect(),
@@ -196,7 +194,7 @@ impl Master {
     pub fn get_frameworks(&self) -> response::GetFrameworks {
         #[allow(deprecated)]
         response::GetFrameworks {
-            frameworks: self.frameworks.values().map(|f| self.framework_proto(f)).collect(),
+            frameworks: super::by_id(&self.frameworks).map(|f| self.framework_proto(f)).collect(),
             completed_frameworks: self
                 .completed_frameworks
                 .iter()
@@ -227,9 +225,9 @@ impl Master {
     /// GET_TASKS: live, unreachable and completed tasks of every framework.
     pub fn get_tasks(&self) -> response::GetTasks {
         let mut out = response::GetTasks::default();
-        for f in self.frameworks.values().chain(self.completed_frameworks.iter()) {
-            out.tasks.extend(f.tasks.values().map(Task::to_mesos));
-            out.unreachable_tasks.extend(f.unreachable_tasks.values().map(Task::to_mesos));
+        for f in super::by_id(&self.frameworks).chain(self.completed_frameworks.iter()) {
+            out.tasks.extend(super::by_id(&f.tasks).map(Task::to_mesos));
+            out.unreachable_tasks.extend(super::by_id(&f.unreachable_tasks).map(Task::to_mesos));
             out.completed_tasks.extend(f.completed_tasks.iter().map(Task::to_mesos));
         }
         out

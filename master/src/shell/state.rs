@@ -7,7 +7,7 @@ use corral_wire::mesos::v1;
 use corral_wire::resources::Resources;
 use serde_json::{Map, Value, json};
 
-use crate::core::{Agent, AgentState, Framework, Master, Task};
+use crate::core::{Agent, AgentState, Framework, Master, Task, by_id};
 
 /// `/version`. The version is Mesos' compatibility version: clients parse it as numbers.
 pub fn version() -> Value {
@@ -154,10 +154,10 @@ fn framework_json(m: &Master, fw: &Framework) -> Value {
     o.insert("offered_resources".into(), offered.to_summary_json());
     o.insert("resources".into(), used.plus(&offered).to_summary_json());
     o.insert("max_share".into(), json!(m.allocator().framework_share(&fw.id)));
-    o.insert("tasks".into(), Value::Array(fw.tasks.values().map(task_json).collect()));
+    o.insert("tasks".into(), Value::Array(by_id(&fw.tasks).map(task_json).collect()));
     o.insert(
         "unreachable_tasks".into(),
-        Value::Array(fw.unreachable_tasks.values().map(task_json).collect()),
+        Value::Array(by_id(&fw.unreachable_tasks).map(task_json).collect()),
     );
     o.insert(
         "completed_tasks".into(),
@@ -275,7 +275,7 @@ pub fn state(m: &Master, flags: &[(String, String)]) -> Value {
     o.insert("recovered_slaves".into(), recovered_slaves(m));
     o.insert(
         "frameworks".into(),
-        Value::Array(m.frameworks().values().map(|f| framework_json(m, f)).collect()),
+        Value::Array(by_id(m.frameworks()).map(|f| framework_json(m, f)).collect()),
     );
     o.insert(
         "completed_frameworks".into(),
@@ -288,9 +288,7 @@ pub fn state(m: &Master, flags: &[(String, String)]) -> Value {
 
 /// `/slaves` (`?slave_id=` keeps that one agent).
 pub fn slaves(m: &Master, slave_id: Option<&str>) -> Value {
-    let slaves: Vec<Value> = m
-        .agents()
-        .values()
+    let slaves: Vec<Value> = by_id(m.agents())
         .filter(|a| a.state != AgentState::Unreachable)
         .filter(|a| slave_id.is_none_or(|id| a.id == id))
         .map(|a| agent_json(m, a))
@@ -302,7 +300,7 @@ pub fn slaves(m: &Master, slave_id: Option<&str>) -> Value {
 pub fn frameworks(m: &Master, framework_id: Option<&str>) -> Value {
     let keep = |f: &&Framework| framework_id.is_none_or(|id| f.id == id);
     json!({
-        "frameworks": m.frameworks().values().filter(keep).map(|f| framework_json(m, f)).collect::<Vec<_>>(),
+        "frameworks": by_id(m.frameworks()).filter(keep).map(|f| framework_json(m, f)).collect::<Vec<_>>(),
         "completed_frameworks": m.completed_frameworks().iter().filter(keep).map(|f| framework_json(m, f)).collect::<Vec<_>>(),
         "unregistered_frameworks": [],
     })
@@ -392,10 +390,8 @@ fn all_tasks(f: &Framework) -> impl Iterator<Item = &Task> {
 /// `/state-summary`: agents and frameworks with per-state task counts, without the tasks.
 pub fn state_summary(m: &Master) -> Value {
     let frameworks: Vec<&Framework> =
-        m.frameworks().values().chain(m.completed_frameworks().iter()).collect();
-    let slaves: Vec<Value> = m
-        .agents()
-        .values()
+        by_id(m.frameworks()).chain(m.completed_frameworks().iter()).collect();
+    let slaves: Vec<Value> = by_id(m.agents())
         .filter(|a| a.state != AgentState::Unreachable)
         .map(|a| {
             let mut o = match agent_json(m, a) {
