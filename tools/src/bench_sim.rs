@@ -186,7 +186,7 @@ impl Cluster for QuicCluster {
     fn footer_extra(&self) -> String {
         let a = self.agent_stats();
         format!(
-            "simulated agents and frameworks used {:.2} s of CPU; agents sent {} status updates, got {} acks",
+            "since the start, simulated agents and frameworks used {:.2} s of CPU, agents sent {} status updates and got {} acks",
             thread_cpu("sim").as_secs_f64(),
             a.updates_sent.load(std::sync::atomic::Ordering::Relaxed),
             a.acks.load(std::sync::atomic::Ordering::Relaxed)
@@ -224,6 +224,14 @@ fn quantiles(name: &str, l: &Latency) {
 fn footer(c: &mut dyn Cluster, wall: Duration, cpu0: Duration, master0: Duration) {
     let (stages, alloc) = c.offer_path();
     quantiles("offer latency (available → offer)", &stages.offered);
+    if stages.offered.count() > 0 {
+        let p99 = stages.offered.quantile(0.99);
+        println!(
+            "  {:<34} target p99 ≤ 1 ms inside the master: {}",
+            "",
+            if p99 <= Duration::from_millis(1) { "met" } else { "not met (see BENCHMARKS.md)" }
+        );
+    }
     quantiles("allocation run", &alloc);
     quantiles("offer → accept", &stages.accepted);
     quantiles("offer → decline", &stages.declined);
@@ -419,14 +427,17 @@ pub fn churn(args: SimArgs) -> anyhow::Result<ExitCode> {
     let took = wall.elapsed();
     let k = c.total_counts();
     let placed = k.launched - before.launched;
+    let rate = placed as f64 / took.as_secs_f64();
     println!(
-        "result: {placed} tasks placed in {:.2} s wall: {:.0} placements/s ({} finished)",
+        "result: {placed} tasks placed in {:.2} s wall: {rate:.0} placements/s ({} finished; target ≥ 50,000/s: {})",
         took.as_secs_f64(),
-        placed as f64 / took.as_secs_f64(),
-        k.finished - before.finished
+        k.finished - before.finished,
+        if rate >= 50_000.0 { "met" } else { "not met" }
     );
     println!(
-        "  anchors: Nomad C1M 3,750 placements/s; kube-scheduler CI floor 810 pods/s; target ≥ 50,000/s"
+        "  anchors: Nomad C1M 3,750 placements/s ({:.1}×); kube-scheduler CI floor 810 pods/s ({:.0}×)",
+        rate / 3750.0,
+        rate / 810.0
     );
     footer(c.as_mut(), took, cpu0, master0);
     Ok(ExitCode::SUCCESS)
@@ -499,14 +510,21 @@ pub fn paper(args: SimArgs) -> anyhow::Result<ExitCode> {
             let total = Duration::from_nanos(end - probe_start.0);
             let overhead = total.saturating_sub(Duration::from_secs(10));
             println!(
-                "result: the fresh framework's 10 s task finished {:.3} s after it subscribed: overhead {} (anchor: < 1 s in the Mesos paper)",
+                "result: the fresh framework's 10 s task finished {:.3} s after it subscribed: overhead {} (anchor: < 1 s in the Mesos paper; target ≤ 10 ms: {})",
                 total.as_secs_f64(),
-                ms(overhead)
+                ms(overhead),
+                if overhead <= Duration::from_millis(10) { "met" } else { "not met" }
             );
         }
         None => println!("result: the fresh framework's task did not finish within 300 s"),
     }
     println!("  cluster at the probe: {running} tasks running on {na} agents");
+    let (rss, _) = process_usage();
+    let gib = rss as f64 / (1u64 << 30) as f64;
+    println!(
+        "  RSS of the whole process at the end: {gib:.2} GiB (target ≤ 2 GiB for the master with 50,000 agents and 500,000 tasks: {} at {na} agents and {running} tasks)",
+        if gib <= 2.0 { "met" } else { "not met" }
+    );
     footer(c.as_mut(), took, cpu0, master0);
     Ok(ExitCode::SUCCESS)
 }
