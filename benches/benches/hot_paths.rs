@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the offer path's hot spots: one allocation pass, an OFFERS event's
-//! JSON encoding (what every scheduler receives), and an agent frame's encode + validate +
-//! decode (what every status update costs the master).
+//! JSON encoding (what every scheduler receives), an agent frame's encode + validate +
+//! decode, and one status update through the master core and back (update in, UPDATE event
+//! out, ACKNOWLEDGE in, StatusAck out).
 
 #![allow(clippy::unwrap_used)]
 
@@ -115,9 +116,92 @@ fn frames(c: &mut Criterion) {
     });
 }
 
+/// The status-update path inside the master core, at 1,000 running tasks: a TASK_RUNNING
+/// update from the agent (a fresh uuid each time), the UPDATE event it becomes, the
+/// framework's ACKNOWLEDGE, and the StatusAck the agent gets. No I/O: `corral bench updates`
+/// measures the same path over QUIC.
+fn status_path(c: &mut Criterion) {
+    use corral_master::core::{Command, MasterConfig};
+    use corral_tools::sim::{Behaviour, Sim};
+    use corral_wire::mesos::v1::scheduler::{Call, call};
+    use corral_wire::proto::MasterMessage;
+
+    let tasks = 1_000u64;
+    let mut sim = Sim::new(MasterConfig::default());
+    sim.add_agents(1, &Resources::parse("cpus:1000;mem:1000000").unwrap());
+    sim.add_framework(
+        "bench",
+        "*",
+        Behaviour::Launch {
+            task: Resources::parse("cpus:0.5;mem:1").unwrap(),
+            duration: Duration::from_secs(1_000_000),
+            jitter: Duration::ZERO,
+            per_offer: None,
+            limit: Some(tasks),
+        },
+    );
+    sim.run(Duration::from_secs(5), |s| s.counts(0).running >= tasks);
+    assert_eq!(sim.counts(0).running, tasks, "{:?}", sim.failure);
+    let now = sim.now();
+    let master = &mut sim.master;
+    while master.poll_command().is_some() {}
+    let agent_id = master.agents().keys().next().unwrap().clone();
+    let framework_id = master.frameworks().keys().next().unwrap().clone();
+    let stream = master.frameworks()[&framework_id].stream.as_ref().unwrap().uuid.clone();
+    let mut n = 0u64;
+    c.bench_function("status_update_through_master_core", |b| {
+        b.iter(|| {
+            n += 1;
+            let task_id = format!("f0-t{}", 1 + n % tasks);
+            let mut uuid = [0u8; 16];
+            uuid[..8].copy_from_slice(&n.to_le_bytes());
+            master.agent_message(
+                now,
+                1,
+                AgentMessage::StatusUpdate(StatusUpdate {
+                    framework_id: framework_id.clone(),
+                    task_id: task_id.clone(),
+                    state: v1::TaskState::TaskRunning as i32,
+                    reason: None,
+                    source: 2,
+                    message: String::new(),
+                    uuid,
+                    timestamp_ns: now.0,
+                    container_id: None,
+                }),
+            );
+            let mut event = None;
+            while let Some(cmd) = master.poll_command() {
+                if let Command::SendEvent { event: e, .. } = cmd {
+                    event = Some(e);
+                }
+            }
+            let status = event.and_then(|e| e.update).unwrap().status;
+            let ack = Call {
+                framework_id: Some(v1::FrameworkId { value: framework_id.clone() }),
+                r#type: Some(call::Type::Acknowledge as i32),
+                acknowledge: Some(call::Acknowledge {
+                    agent_id: v1::AgentId { value: agent_id.clone() },
+                    task_id: status.task_id,
+                    uuid: status.uuid.unwrap(),
+                }),
+                ..Default::default()
+            };
+            master.call(now, Some(&stream), ack).unwrap();
+            let mut acked = false;
+            while let Some(cmd) = master.poll_command() {
+                if let Command::SendAgent { msg: MasterMessage::StatusAck { .. }, .. } = cmd {
+                    acked = true;
+                }
+            }
+            assert!(acked);
+        })
+    });
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = allocator, json, frames
+    targets = allocator, json, frames, status_path
 }
 criterion_main!(benches);
