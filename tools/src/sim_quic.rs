@@ -91,11 +91,11 @@ struct Shared {
     pump: Mutex<PumpStats>,
 }
 
-impl Default for Shared {
-    fn default() -> Shared {
+impl Shared {
+    fn new(max_handshakes: usize) -> Shared {
         Shared {
             stats: AgentStats::default(),
-            handshakes: tokio::sync::Semaphore::new(MAX_HANDSHAKES),
+            handshakes: tokio::sync::Semaphore::new(max_handshakes.max(1)),
             failure: Mutex::default(),
             stopping: AtomicBool::default(),
             pump: Mutex::default(),
@@ -169,6 +169,16 @@ impl QuicCluster {
     /// Starts a master on loopback with `master_threads` runtime workers (a real master uses
     /// one per core) and a simulation runtime of `sim_threads`.
     pub fn start(master_threads: usize, sim_threads: usize) -> Result<QuicCluster, ClusterError> {
+        Self::start_with(master_threads, sim_threads, MAX_HANDSHAKES)
+    }
+
+    /// [`QuicCluster::start`] with at most `max_handshakes` agents handshaking at once
+    /// (`usize::MAX >> 4` lets every agent connect at the same moment: a registration storm).
+    pub fn start_with(
+        master_threads: usize,
+        sim_threads: usize,
+        max_handshakes: usize,
+    ) -> Result<QuicCluster, ClusterError> {
         use clap::Parser as _;
         let dir = std::env::temp_dir().join(format!("corral-bench-quic-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| ClusterError::Dir(dir.clone(), e))?;
@@ -215,7 +225,7 @@ impl QuicCluster {
             endpoints: Vec::new(),
             agents: 0,
             frameworks: Vec::new(),
-            shared: Arc::new(Shared::default()),
+            shared: Arc::new(Shared::new(max_handshakes.min(tokio::sync::Semaphore::MAX_PERMITS))),
             start: Instant::now(),
             epoch_ns: wall_ns(),
         })
