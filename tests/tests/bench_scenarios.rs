@@ -61,7 +61,8 @@ fn decline_offers_every_agent_to_every_framework_in_turn() {
 #[test]
 fn paper_runs_a_fresh_frameworks_task_and_reports_its_overhead() {
     let out = bench(&["paper", "--agents", "100", "--frameworks", "4", "--duration", "1s"]);
-    assert!(out.contains("the fresh framework's 10 s task finished"), "{out}");
+    assert!(out.contains("the fresh frameworks' 10 s tasks finished"), "{out}");
+    assert!(out.contains("(median of 5;"), "{out}");
     let total = number_after(&out, "finished ");
     assert!((10.0..15.0).contains(&total), "a 10 s task, plus the overhead: {out}");
 }

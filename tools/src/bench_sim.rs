@@ -50,6 +50,10 @@ pub struct SimArgs {
     /// How agents reach the master.
     #[arg(long, value_enum, default_value = "in-process")]
     transport: Transport,
+    /// paper: fresh frameworks subscribing together, one 10 s task each (one task's overhead
+    /// is a single sample; several give a median and a worst case).
+    #[arg(long, default_value_t = 5)]
+    probes: usize,
 }
 
 const IN_PROCESS: &str = "transport: in-process (the master core on a thread of its own, fed over channels by simulated agents and frameworks on another; no QUIC, no HTTP)";
@@ -444,16 +448,17 @@ pub fn churn(args: SimArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The Mesos NSDI'11 setup: 50,000 agents, 200 frameworks keeping them busy with tasks of
-/// 30 ± 10 s; then a fresh framework runs one 10 s task. Its overhead is the time from
-/// subscribing to TASK_FINISHED, less the 10 s.
+/// 30 ± 10 s; then fresh frameworks (`--probes`) each run one 10 s task. A task's overhead is
+/// the time from its framework's subscribing to its TASK_FINISHED, less the 10 s.
 pub fn paper(args: SimArgs) -> anyhow::Result<ExitCode> {
     let (na, nf) = (args.agents.unwrap_or(50_000), args.frameworks.unwrap_or(200));
     let warm = args.duration.unwrap_or(Duration::from_secs(60));
     let cpus = args.agent_cpus.unwrap_or(8);
     println!(
-        "corral bench paper: {na} agents (cpus:{cpus};mem:{}) × {nf} frameworks each launching one task (cpus:1;mem:512) per offer, tasks of 30 ± 10 s (uniform); after {:.0} s a fresh framework runs one 10 s task",
+        "corral bench paper: {na} agents (cpus:{cpus};mem:{}) × {nf} frameworks each launching one task (cpus:1;mem:512) per offer, tasks of 30 ± 10 s (uniform); after {:.0} s {} fresh frameworks each run one 10 s task",
         cpus * 512,
-        warm.as_secs_f64()
+        warm.as_secs_f64(),
+        args.probes.max(1)
     );
     let mut c = cluster(args.transport)?;
     println!("{}", c.transport());
@@ -482,41 +487,56 @@ pub fn paper(args: SimArgs) -> anyhow::Result<ExitCode> {
     check(c.as_ref())?;
     let running = c.running_tasks();
     let probe_start = c.now();
-    let probe = c.add_framework(
-        "fresh",
-        "*",
-        Behaviour::Launch {
-            task: task.clone(),
-            duration: Duration::from_secs(10),
-            jitter: Duration::ZERO,
-            per_offer: Some(1),
-            limit: Some(1),
-        },
-    );
-    // In steps of a second: the probe's finish time is recorded when its update arrives, so
+    let probes: Vec<usize> = (0..args.probes.max(1))
+        .map(|i| {
+            c.add_framework(
+                &format!("fresh-{i}"),
+                "*",
+                Behaviour::Launch {
+                    task: task.clone(),
+                    duration: Duration::from_secs(10),
+                    jitter: Duration::ZERO,
+                    per_offer: Some(1),
+                    limit: Some(1),
+                },
+            )
+        })
+        .collect();
+    // In steps of a second: a probe's finish time is recorded when its update arrives, so
     // the step only bounds how long the run goes on after it.
     let t0 = std::time::Instant::now();
-    while c.counts(probe).finished == 0
+    while probes.iter().any(|&p| c.counts(p).finished == 0)
         && t0.elapsed() < Duration::from_secs(300)
         && c.failure().is_none()
     {
-        run_since(c.as_mut(), Duration::from_secs(1), "paper probe", t0, |_| false);
+        run_since(c.as_mut(), Duration::from_secs(1), "paper probes", t0, |_| false);
     }
     check(c.as_ref())?;
-    let finished = c.first_finished(probe);
+    let mut totals: Vec<Duration> = probes
+        .iter()
+        .filter_map(|&p| c.first_finished(p))
+        .map(|Time(end)| Duration::from_nanos(end - probe_start.0))
+        .collect();
+    totals.sort();
     let took = wall.elapsed();
-    match finished {
-        Some(Time(end)) => {
-            let total = Duration::from_nanos(end - probe_start.0);
-            let overhead = total.saturating_sub(Duration::from_secs(10));
-            println!(
-                "result: the fresh framework's 10 s task finished {:.3} s after it subscribed: overhead {} (anchor: < 1 s in the Mesos paper; target ≤ 10 ms: {})",
-                total.as_secs_f64(),
-                ms(overhead),
-                if overhead <= Duration::from_millis(10) { "met" } else { "not met" }
-            );
-        }
-        None => println!("result: the fresh framework's task did not finish within 300 s"),
+    if totals.len() < probes.len() {
+        println!(
+            "result: only {} of {} fresh frameworks' tasks finished within 300 s",
+            totals.len(),
+            probes.len()
+        );
+    } else {
+        let (median, worst) = (totals[(totals.len() - 1) / 2], totals[totals.len() - 1]);
+        let over = |d: Duration| d.saturating_sub(Duration::from_secs(10));
+        println!(
+            "result: the fresh frameworks' 10 s tasks finished {:.3} s after they subscribed (median of {}; slowest {:.3} s): overhead {} median, {} worst (anchor: < 1 s in the Mesos paper; target ≤ 10 ms: {})",
+            median.as_secs_f64(),
+            totals.len(),
+            worst.as_secs_f64(),
+            ms(over(median)),
+            ms(over(worst)),
+            if over(median) <= Duration::from_millis(10) { "met" } else { "not met" }
+        );
     }
     println!("  cluster at the probe: {running} tasks running on {na} agents");
     let (rss, _) = process_usage();

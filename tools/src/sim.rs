@@ -436,7 +436,7 @@ impl Sim {
                 }
                 // As the master's actor does: up to 257 queued inputs, then its commands (so
                 // bursts coalesce into one allocation pass, and no more).
-                for _ in 0..257 {
+                for _ in 0..corral_master::shell::ACTOR_BATCH {
                     let Some(input) = self.inbox.pop_front() else { break };
                     busy = true;
                     self.deliver(input);
@@ -534,7 +534,7 @@ impl Sim {
                     }
                 }
                 let t0 = Instant::now();
-                for _ in 0..257 {
+                for _ in 0..corral_master::shell::ACTOR_BATCH {
                     let Some(input) = queued.pop_front() else { break };
                     if let Some(f) = apply(&mut master, clock(), input) {
                         failure.get_or_insert(f);

@@ -247,6 +247,11 @@ impl EventRx {
     }
 }
 
+/// Inputs the actor applies before it performs the core's commands: enough that a burst
+/// coalesces into one allocation pass, few enough that a pass is short, since every message
+/// the core emits in a pass waits for the pass to end.
+pub const ACTOR_BATCH: usize = 257;
+
 /// A query run inside the actor against the core (the HTTP views use it).
 pub type Query = Box<dyn FnOnce(&Master) + Send>;
 
@@ -511,7 +516,7 @@ impl Actor {
                     self.apply(input);
                     // Take what else is queued before polling, so bursts coalesce into one
                     // allocation pass.
-                    for _ in 0..256 {
+                    for _ in 1..ACTOR_BATCH {
                         match rx.try_recv() {
                             Ok(input) => self.apply(input),
                             Err(_) => break,
