@@ -135,12 +135,6 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 #[derive(clap::Parser)]
-struct MasterCli {
-    #[command(flatten)]
-    args: corral_master::MasterArgs,
-}
-
-#[derive(clap::Parser)]
 struct AgentCli {
     #[command(flatten)]
     args: corral_agent::AgentArgs,
@@ -164,18 +158,8 @@ async fn launch_in(args: &LaunchArgs, dir: &Path) -> anyhow::Result<ExitCode> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let master_args = MasterCli::try_parse_from([
-        "master",
-        "--ip",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-        "--work-dir",
-        &dir.join("master").display().to_string(),
-        "--tls-dir",
-        &tls.display().to_string(),
-    ])?
-    .args;
+    let master_args = corral_tools::sim_quic::loopback_master_args(port, &dir.join("master"), &tls)
+        .map_err(anyhow::Error::msg)?;
     let master = tokio::spawn(corral_master::run(master_args, stopped(stop_rx.clone())));
     let cgroup_parent = format!("corral-bench-{}", std::process::id());
     let agent_args = AgentCli::try_parse_from([

@@ -231,6 +231,23 @@ impl FrameworkModel {
     }
 }
 
+/// The registration of simulated agent number `n` (both transports).
+pub fn registration(n: usize, resources: &Resources) -> Registration {
+    Registration {
+        protocol_version: PROTOCOL_VERSION,
+        agent_id: None,
+        hostname: format!("sim-{n}"),
+        http_address: "127.0.0.1".into(),
+        http_port: 5051,
+        resources: resources.clone(),
+        attributes: Vec::new(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        boot_id: "sim".into(),
+        tasks: Vec::new(),
+        isolation: IsolationReport::default(),
+    }
+}
+
 /// How long a simulated task runs: its command is `sleep SECONDS` (see [`FrameworkModel`]).
 pub fn task_duration(command: Option<&str>) -> Duration {
     command
@@ -361,19 +378,7 @@ impl Sim {
         for _ in 0..n {
             let conn = self.agents.len() as u64 + 1;
             self.agents.push(SimAgent { id: None, next_uuid: 0 });
-            let reg = Registration {
-                protocol_version: PROTOCOL_VERSION,
-                agent_id: None,
-                hostname: format!("sim-{conn}"),
-                http_address: "127.0.0.1".into(),
-                http_port: 5051,
-                resources: resources.clone(),
-                attributes: Vec::new(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                boot_id: "sim".into(),
-                tasks: Vec::new(),
-                isolation: IsolationReport::default(),
-            };
+            let reg = registration(conn as usize, resources);
             self.inbox.push_back(Input::Agent(conn, AgentMessage::Register(reg)));
         }
     }

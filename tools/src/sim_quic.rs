@@ -24,13 +24,11 @@ use corral_master::shell::{Encoding, Handle, Input};
 use corral_wire::frame::{DEFAULT_MAX_FRAME, FrameReader, encode_agent};
 use corral_wire::mesos::v1::scheduler::{Call, Event};
 use corral_wire::mesos::v1::{self, TaskState};
-use corral_wire::proto::{
-    AgentMessage, IsolationReport, MasterMessage, PROTOCOL_VERSION, Registration, StatusUpdate,
-};
+use corral_wire::proto::{AgentMessage, MasterMessage, Registration, StatusUpdate};
 use corral_wire::resources::Resources;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::sim::{Behaviour, Counts, FrameworkModel, task_duration};
+use crate::sim::{Behaviour, Counts, FrameworkModel, registration, task_duration};
 
 /// Agents sharing one client endpoint (one UDP socket).
 const AGENTS_PER_ENDPOINT: usize = 256;
@@ -60,6 +58,22 @@ pub enum ClusterError {
 struct MasterCli {
     #[command(flatten)]
     args: corral_master::MasterArgs,
+}
+
+/// `corral master` flags for a master on 127.0.0.1:`port` with the given work and TLS dirs,
+/// every other flag at its default.
+pub fn loopback_master_args(
+    port: u16,
+    work_dir: &std::path::Path,
+    tls_dir: &std::path::Path,
+) -> Result<corral_master::MasterArgs, String> {
+    use clap::Parser as _;
+    let port = port.to_string();
+    let (work_dir, tls_dir) = (work_dir.display().to_string(), tls_dir.display().to_string());
+    let argv = ["master", "--ip", "127.0.0.1", "--port", &port, "--work-dir", &work_dir];
+    MasterCli::try_parse_from(argv.into_iter().chain(["--tls-dir", tls_dir.as_str()]))
+        .map(|c| c.args)
+        .map_err(|e| e.to_string())
 }
 
 /// Counters shared by every simulated agent.
@@ -179,25 +193,13 @@ impl QuicCluster {
         sim_threads: usize,
         max_handshakes: usize,
     ) -> Result<QuicCluster, ClusterError> {
-        use clap::Parser as _;
         let dir = std::env::temp_dir().join(format!("corral-bench-quic-{}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| ClusterError::Dir(dir.clone(), e))?;
         let tls = dir.join("tls");
         corral_wire::tls::write_cluster(&tls, &["localhost".into(), "127.0.0.1".into()])?;
         let port = free_port().map_err(|e| ClusterError::Dir(dir.clone(), e))?;
-        let args = MasterCli::try_parse_from([
-            "master",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--work-dir",
-            &dir.join("master").display().to_string(),
-            "--tls-dir",
-            &tls.display().to_string(),
-        ])
-        .map_err(|e| ClusterError::Flags(e.to_string()))?
-        .args;
+        let args =
+            loopback_master_args(port, &dir.join("master"), &tls).map_err(ClusterError::Flags)?;
         let master_rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(master_threads.max(1))
             .thread_name("master")
@@ -250,29 +252,13 @@ impl QuicCluster {
         Ok(self.endpoints[self.endpoints.len() - 1].clone())
     }
 
-    fn registration(n: usize, resources: &Resources) -> Registration {
-        Registration {
-            protocol_version: PROTOCOL_VERSION,
-            agent_id: None,
-            hostname: format!("sim-{n}"),
-            http_address: "127.0.0.1".into(),
-            http_port: 5051,
-            resources: resources.clone(),
-            attributes: Vec::new(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            boot_id: "sim".into(),
-            tasks: Vec::new(),
-            isolation: IsolationReport::default(),
-        }
-    }
-
     /// Adds `n` agents offering `resources` each; each connects, handshakes and registers on
     /// its own connection (in the background: see [`QuicCluster::registered`]).
     pub fn add_agents(&mut self, n: usize, resources: &Resources) -> Result<(), ClusterError> {
         for _ in 0..n {
             let endpoint = self.endpoint()?;
             self.agents += 1;
-            let reg = Self::registration(self.agents, resources);
+            let reg = registration(self.agents, resources);
             let (client, addr, shared) = (self.client.clone(), self.addr, self.shared.clone());
             self.sim_rt.spawn(agent(endpoint, client, addr, reg, shared, false));
         }
@@ -285,7 +271,7 @@ impl QuicCluster {
     pub fn add_pump_agent(&mut self, resources: &Resources) -> Result<(), ClusterError> {
         let endpoint = self.endpoint()?;
         self.agents += 1;
-        let reg = Self::registration(self.agents, resources);
+        let reg = registration(self.agents, resources);
         let (client, addr, shared) = (self.client.clone(), self.addr, self.shared.clone());
         self.sim_rt.spawn(agent(endpoint, client, addr, reg, shared, true));
         Ok(())
