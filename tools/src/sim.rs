@@ -231,6 +231,27 @@ impl FrameworkModel {
     }
 }
 
+/// A simulated agent's status update (both transports).
+pub fn status_update(
+    framework_id: &str,
+    task_id: &str,
+    state: TaskState,
+    uuid: [u8; 16],
+    at: Time,
+) -> AgentMessage {
+    AgentMessage::StatusUpdate(StatusUpdate {
+        framework_id: framework_id.into(),
+        task_id: task_id.into(),
+        state: state as i32,
+        reason: None,
+        source: v1::task_status::Source::Executor as i32,
+        message: String::new(),
+        uuid,
+        timestamp_ns: at.0,
+        container_id: None,
+    })
+}
+
 /// The registration of simulated agent number `n` (both transports).
 pub fn registration(n: usize, resources: &Resources) -> Registration {
     Registration {
@@ -645,17 +666,7 @@ impl Sim {
         let mut uuid = [0u8; 16];
         uuid[..8].copy_from_slice(&conn.to_le_bytes());
         uuid[8..].copy_from_slice(&agent.next_uuid.to_le_bytes());
-        AgentMessage::StatusUpdate(StatusUpdate {
-            framework_id: framework_id.into(),
-            task_id: task_id.into(),
-            state: state as i32,
-            reason: None,
-            source: v1::task_status::Source::Executor as i32,
-            message: String::new(),
-            uuid,
-            timestamp_ns: self.now().0,
-            container_id: None,
-        })
+        status_update(framework_id, task_id, state, uuid, self.now())
     }
 
     fn command(&mut self, cmd: Command) {

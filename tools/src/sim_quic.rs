@@ -22,13 +22,13 @@ use corral_master::core::offer_path::{Latency, Stages};
 use corral_master::core::{CallError, CallResponse, Master, Time};
 use corral_master::shell::{Encoding, Handle, Input};
 use corral_wire::frame::{DEFAULT_MAX_FRAME, FrameReader, encode_agent};
+use corral_wire::mesos::v1::TaskState;
 use corral_wire::mesos::v1::scheduler::{Call, Event};
-use corral_wire::mesos::v1::{self, TaskState};
-use corral_wire::proto::{AgentMessage, MasterMessage, Registration, StatusUpdate};
+use corral_wire::proto::{AgentMessage, MasterMessage, Registration};
 use corral_wire::resources::Resources;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::sim::{Behaviour, Counts, FrameworkModel, registration, task_duration};
+use crate::sim::{Behaviour, Counts, FrameworkModel, registration, status_update, task_duration};
 
 /// Agents sharing one client endpoint (one UDP socket).
 const AGENTS_PER_ENDPOINT: usize = 256;
@@ -450,17 +450,7 @@ fn next_uuid() -> [u8; 16] {
 }
 
 fn update(framework_id: &str, task_id: &str, state: TaskState) -> Vec<u8> {
-    encode_agent(&AgentMessage::StatusUpdate(StatusUpdate {
-        framework_id: framework_id.into(),
-        task_id: task_id.into(),
-        state: state as i32,
-        reason: None,
-        source: v1::task_status::Source::Executor as i32,
-        message: String::new(),
-        uuid: next_uuid(),
-        timestamp_ns: wall_ns(),
-        container_id: None,
-    }))
+    encode_agent(&status_update(framework_id, task_id, state, next_uuid(), Time(wall_ns())))
 }
 
 async fn agent_session(
