@@ -78,11 +78,20 @@ pub struct FrameReader {
     input: Vec<u8>,
     start: usize,
     end: usize,
+    /// Bytes the last read brought.
+    last_read: usize,
 }
 
 impl FrameReader {
     pub fn new(max: usize) -> FrameReader {
-        FrameReader { buf: AlignedVec::new(), max, input: Vec::new(), start: 0, end: 0 }
+        FrameReader {
+            buf: AlignedVec::new(),
+            max,
+            input: Vec::new(),
+            start: 0,
+            end: 0,
+            last_read: 0,
+        }
     }
 
     /// The length of the record at the head of the buffer, once its header is there.
@@ -100,6 +109,11 @@ impl FrameReader {
             return Err(FrameError::TooLarge { len, max: self.max });
         }
         Ok(Some(len))
+    }
+
+    /// Bytes the read buffer holds now (what one connection costs while idle).
+    pub fn buffer_capacity(&self) -> usize {
+        self.input.capacity()
     }
 
     /// Whether a whole record is already buffered, so that the next call to
@@ -126,10 +140,10 @@ impl FrameReader {
                     self.start = at + len;
                     if self.start == self.end {
                         (self.start, self.end) = (0, 0);
-                        if self.input.len() > READ_MAX {
-                            // After one huge record, back to the usual size.
-                            self.input.truncate(READ_MAX);
-                            self.input.shrink_to_fit();
+                        if self.input.len() > READ_MIN && self.last_read < self.input.len() / 4 {
+                            // Drained after a small read: the burst (or the one huge record)
+                            // is over, and a master holds one of these per agent.
+                            self.input = Vec::new();
                         }
                     }
                     return Ok(Some(&self.buf[..]));
@@ -151,6 +165,7 @@ impl FrameReader {
                 self.input.resize(want, 0);
             }
             let n = r.read(&mut self.input[self.end..]).await?;
+            self.last_read = n;
             if n == 0 {
                 return if self.end == self.start { Ok(None) } else { Err(FrameError::Truncated) };
             }

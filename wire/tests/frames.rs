@@ -214,6 +214,30 @@ impl tokio::io::AsyncRead for Trickle<'_> {
     }
 }
 
+/// A burst grows the read buffer; once it drains after a small read, the memory goes back
+/// (a master holds one reader per agent connection), and reading goes on as before.
+#[test]
+fn the_read_buffer_shrinks_after_a_burst() {
+    let ping = |seq| frame::encode_agent(&AgentMessage::Pong { seq });
+    let burst: Vec<u8> = (0..5_000).flat_map(ping).collect();
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    rt.block_on(async {
+        let mut reader = FrameReader::new(frame::DEFAULT_MAX_FRAME);
+        let mut r = Trickle { data: &burst, step: usize::MAX };
+        let mut grown = 0;
+        for seq in 0..5_000 {
+            let m = reader.next_agent(&mut r).await.unwrap().unwrap();
+            assert_eq!(m, AgentMessage::Pong { seq });
+            grown = grown.max(reader.buffer_capacity());
+        }
+        assert!(grown >= 32 << 10, "a burst reads in large chunks: {grown}");
+        let one = ping(7);
+        let mut r = Trickle { data: &one, step: usize::MAX };
+        assert_eq!(reader.next_agent(&mut r).await.unwrap(), Some(AgentMessage::Pong { seq: 7 }));
+        assert!(reader.buffer_capacity() <= 1 << 10, "{}", reader.buffer_capacity());
+    });
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
