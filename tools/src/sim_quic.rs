@@ -256,11 +256,7 @@ impl QuicCluster {
     /// its own connection (in the background: see [`QuicCluster::registered`]).
     pub fn add_agents(&mut self, n: usize, resources: &Resources) -> Result<(), ClusterError> {
         for _ in 0..n {
-            let endpoint = self.endpoint()?;
-            self.agents += 1;
-            let reg = registration(self.agents, resources);
-            let (client, addr, shared) = (self.client.clone(), self.addr, self.shared.clone());
-            self.sim_rt.spawn(agent(endpoint, client, addr, reg, shared, false));
+            self.spawn_agent(resources, false)?;
         }
         Ok(())
     }
@@ -269,11 +265,15 @@ impl QuicCluster {
     /// task: each StatusAck is timed and answered with the task's next update. So the
     /// number of tasks it runs is the window of updates in flight on its one connection.
     pub fn add_pump_agent(&mut self, resources: &Resources) -> Result<(), ClusterError> {
+        self.spawn_agent(resources, true)
+    }
+
+    fn spawn_agent(&mut self, resources: &Resources, pump: bool) -> Result<(), ClusterError> {
         let endpoint = self.endpoint()?;
         self.agents += 1;
         let reg = registration(self.agents, resources);
         let (client, addr, shared) = (self.client.clone(), self.addr, self.shared.clone());
-        self.sim_rt.spawn(agent(endpoint, client, addr, reg, shared, true));
+        self.sim_rt.spawn(agent(endpoint, client, addr, reg, shared, pump));
         Ok(())
     }
 

@@ -133,6 +133,35 @@ pub enum Outbound {
     Close(String),
 }
 
+/// The bytes a queue holds, shared by its two ends, against a cap. Both the agent queues and
+/// the subscribers' event queues are bounded this way, in bytes rather than messages.
+#[derive(Debug, Clone)]
+pub struct ByteBudget {
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    cap: usize,
+}
+
+impl ByteBudget {
+    fn new(cap: usize) -> ByteBudget {
+        ByteBudget { queued: Arc::default(), cap }
+    }
+
+    /// Counts `len` more bytes in; false (and nothing counted) when that would pass the cap.
+    fn take(&self, len: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.queued.load(Ordering::Relaxed) + len > self.cap {
+            return false;
+        }
+        self.queued.fetch_add(len, Ordering::Relaxed);
+        true
+    }
+
+    /// Counts `len` bytes out (written or handed on).
+    pub fn release(&self, len: usize) {
+        self.queued.fetch_sub(len, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Bytes queued for one agent connection before it counts as stuck and is dropped. The queue
 /// is bounded in bytes, not messages: one ACCEPT of thousands of tasks is a burst of
 /// thousands of small frames that a healthy connection drains in milliseconds.
@@ -142,21 +171,21 @@ pub const MAX_AGENT_QUEUE_BYTES: usize = 64 << 20;
 #[derive(Debug, Clone)]
 pub struct AgentTx {
     tx: mpsc::UnboundedSender<Outbound>,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
+    budget: ByteBudget,
 }
 
 /// The connection task's side: frames to write, and the count of bytes still queued.
 #[derive(Debug)]
 pub struct AgentRx {
     pub rx: mpsc::UnboundedReceiver<Outbound>,
-    pub queued: Arc<std::sync::atomic::AtomicUsize>,
+    pub budget: ByteBudget,
 }
 
 /// A new outbound queue for one agent connection.
 pub fn agent_queue() -> (AgentTx, AgentRx) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    (AgentTx { tx, queued: queued.clone() }, AgentRx { rx, queued })
+    let budget = ByteBudget::new(MAX_AGENT_QUEUE_BYTES);
+    (AgentTx { tx, budget: budget.clone() }, AgentRx { rx, budget })
 }
 
 /// An agent connection that takes no more messages: its task is gone, or its queue is full.
@@ -167,13 +196,10 @@ pub struct AgentQueueFull;
 impl AgentTx {
     /// Queues `msg`; fails when the connection task is gone or the queue is over its cap.
     pub fn send(&self, msg: &MasterMessage) -> Result<(), AgentQueueFull> {
-        use std::sync::atomic::Ordering;
         let frame = Bytes::from(corral_wire::frame::encode_master(msg));
-        let len = frame.len();
-        if self.queued.load(Ordering::Relaxed) + len > MAX_AGENT_QUEUE_BYTES {
+        if !self.budget.take(frame.len()) {
             return Err(AgentQueueFull);
         }
-        self.queued.fetch_add(len, Ordering::Relaxed);
         self.tx.send(Outbound::Send(frame)).map_err(|_| AgentQueueFull)
     }
 
@@ -197,21 +223,21 @@ pub const MAX_STREAM_QUEUE_BYTES: usize = 64 << 20;
 #[derive(Debug, Clone)]
 pub struct EventTx {
     tx: mpsc::UnboundedSender<Bytes>,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
+    budget: ByteBudget,
 }
 
 /// The stream's side: records to write, in order.
 #[derive(Debug)]
 pub struct EventRx {
     rx: mpsc::UnboundedReceiver<Bytes>,
-    queued: Arc<std::sync::atomic::AtomicUsize>,
+    budget: ByteBudget,
 }
 
 /// A new event queue for one subscriber.
 pub fn event_queue() -> (EventTx, EventRx) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    (EventTx { tx, queued: queued.clone() }, EventRx { rx, queued })
+    let budget = ByteBudget::new(MAX_STREAM_QUEUE_BYTES);
+    (EventTx { tx, budget: budget.clone() }, EventRx { rx, budget })
 }
 
 /// A subscriber that takes no more events: its stream is gone, or too far behind.
@@ -222,12 +248,9 @@ pub struct StreamFull;
 impl EventTx {
     /// Queues one record; fails when the stream is gone or over its cap.
     pub fn try_send(&self, record: Bytes) -> Result<(), StreamFull> {
-        use std::sync::atomic::Ordering;
-        let len = record.len();
-        if self.queued.load(Ordering::Relaxed) + len > MAX_STREAM_QUEUE_BYTES {
+        if !self.budget.take(record.len()) {
             return Err(StreamFull);
         }
-        self.queued.fetch_add(len, Ordering::Relaxed);
         self.tx.send(record).map_err(|_| StreamFull)
     }
 }
@@ -237,7 +260,7 @@ impl EventRx {
     pub fn poll_recv(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Bytes>> {
         let polled = self.rx.poll_recv(cx);
         if let std::task::Poll::Ready(Some(b)) = &polled {
-            self.queued.fetch_sub(b.len(), std::sync::atomic::Ordering::Relaxed);
+            self.budget.release(b.len());
         }
         polled
     }

@@ -51,7 +51,7 @@ async fn connection(conn: quinn::Connection, handle: Handle, max_frame: usize) {
         }
     };
     let id = handle.next_id();
-    let (tx, AgentRx { mut rx, queued }) = agent_queue();
+    let (tx, AgentRx { mut rx, budget }) = agent_queue();
     if !handle.send(Input::AgentConnected { conn: id, peer, tx }).await {
         return;
     }
@@ -80,7 +80,7 @@ async fn connection(conn: quinn::Connection, handle: Handle, max_frame: usize) {
                     tracing::debug!(%peer, error = %e, "agent stream write failed");
                     break;
                 }
-                queued.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
+                budget.release(n);
                 batch.clear();
             }
             if let Some(reason) = close {
