@@ -15,6 +15,8 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use corral_master::core::{Command, Master, MasterConfig, Time};
@@ -32,7 +34,8 @@ pub enum Behaviour {
     DeclineAll { refuse: Duration },
     /// Launches tasks of `task` resources running `duration` (± `jitter`, uniform): as many
     /// as fit in each offer, or at most `per_offer`; until `limit` tasks were launched (if
-    /// set). The master's default filter (5 s) applies to what an offer had left.
+    /// set), when it SUPPRESSes offers, as a framework with nothing left to run should. The
+    /// master's default filter (5 s) applies to what an offer had left.
     Launch {
         task: Resources,
         duration: Duration,
@@ -51,6 +54,11 @@ pub struct Counts {
     pub running: u64,
     pub finished: u64,
     pub updates: u64,
+    /// When the framework got SUBSCRIBED, its first offer and its first TASK_RUNNING (a
+    /// probe's overhead, stage by stage).
+    pub subscribed_at: Option<Time>,
+    pub first_offer_at: Option<Time>,
+    pub first_running_at: Option<Time>,
 }
 
 /// What a simulated framework decides, whichever transport carries its calls and events:
@@ -69,6 +77,8 @@ pub struct FrameworkModel {
     pub finished_at: HashMap<String, Time>,
     next_task: u64,
     rng: u64,
+    /// It sent SUPPRESS (once its `limit` is reached).
+    suppressed: bool,
 }
 
 impl FrameworkModel {
@@ -81,6 +91,7 @@ impl FrameworkModel {
             counts: Counts::default(),
             finished_at: HashMap::new(),
             next_task: 0,
+            suppressed: false,
             rng: 0x9e37_79b9_7f4a_7c15 ^ (index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d),
         }
     }
@@ -105,18 +116,35 @@ impl FrameworkModel {
         match event.r#type() {
             event::Type::Subscribed => {
                 self.id = event.subscribed.map(|s| s.framework_id.value);
+                self.counts.subscribed_at.get_or_insert(now);
             }
             event::Type::Offers => {
+                self.counts.first_offer_at.get_or_insert(now);
                 for offer in event.offers.map(|o| o.offers).unwrap_or_default() {
                     self.counts.offers += 1;
                     out.push(self.answer(offer));
+                }
+                if !self.suppressed
+                    && matches!(self.behaviour, Behaviour::Launch { limit: Some(l), .. } if self.counts.launched >= l)
+                {
+                    // Nothing left to launch: no more offers, please.
+                    self.suppressed = true;
+                    out.push(Call {
+                        framework_id: self.framework_id(),
+                        r#type: Some(call::Type::Suppress as i32),
+                        suppress: Some(call::Suppress { roles: Vec::new() }),
+                        ..Default::default()
+                    });
                 }
             }
             event::Type::Update => {
                 let Some(status) = event.update.map(|u| u.status) else { return Ok(()) };
                 self.counts.updates += 1;
                 match status.state() {
-                    TaskState::TaskRunning => self.counts.running += 1,
+                    TaskState::TaskRunning => {
+                        self.counts.running += 1;
+                        self.counts.first_running_at.get_or_insert(now);
+                    }
                     TaskState::TaskFinished => {
                         self.counts.finished += 1;
                         if matches!(self.behaviour, Behaviour::Launch { limit: Some(_), .. }) {
@@ -290,6 +318,8 @@ struct SimAgent {
 enum Later {
     /// A task's process ends.
     Finish { conn: u64, framework_id: String, task_id: String },
+    /// Framework `index` subscribes, as `name`.
+    Subscribe { index: usize, name: String },
 }
 
 /// An input for the master, queued in arrival order.
@@ -328,6 +358,14 @@ enum ToMaster {
     Stop,
 }
 
+/// Where work waits in [`Sim::run_threaded`], sampled as it runs: inputs queued at the
+/// master, and commands the master sent that the simulation has not handled yet.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    pub master_inputs: AtomicU64,
+    pub sim_commands: AtomicU64,
+}
+
 /// The simulation: the master core and everyone around it.
 #[derive(Debug)]
 pub struct Sim {
@@ -347,6 +385,8 @@ pub struct Sim {
     /// Wall time spent inside the master core (its calls and its command queue), as opposed
     /// to the simulation's own work.
     pub master_time: Duration,
+    /// Where work waits while [`Sim::run_threaded`] runs.
+    pub backlog: Arc<Backlog>,
 }
 
 impl Sim {
@@ -376,6 +416,7 @@ impl Sim {
             uuids: Vec::new(),
             failure: None,
             master_time: Duration::ZERO,
+            backlog: Arc::default(),
         }
     }
 
@@ -406,16 +447,37 @@ impl Sim {
 
     /// Subscribes a framework in `role`; returns its index.
     pub fn add_framework(&mut self, name: &str, role: &str, behaviour: Behaviour) -> usize {
-        let i = self.frameworks.len();
-        let stream = 1_000_000 + i as u64;
-        let uuid = format!("sim-stream-{i}");
-        let model = FrameworkModel::new(i, role, behaviour);
-        let sub = Box::new(model.subscribe(name));
-        self.frameworks.push(model);
-        self.uuids.push(uuid.clone());
-        self.by_stream.insert(stream, i);
-        self.inbox.push_back(Input::Subscribe { stream, uuid, sub });
+        let i = self.new_framework(role, behaviour);
+        self.subscribe(i, name);
         i
+    }
+
+    /// Like [`Sim::add_framework`], but the framework subscribes at `at`, while a run goes on
+    /// (a run that stops and starts again has a hiccup, which a probe should not measure).
+    pub fn add_framework_at(
+        &mut self,
+        at: Time,
+        name: &str,
+        role: &str,
+        behaviour: Behaviour,
+    ) -> usize {
+        let index = self.new_framework(role, behaviour);
+        self.later.push(Reverse((at, Later::Subscribe { index, name: name.into() })));
+        index
+    }
+
+    fn new_framework(&mut self, role: &str, behaviour: Behaviour) -> usize {
+        let i = self.frameworks.len();
+        self.frameworks.push(FrameworkModel::new(i, role, behaviour));
+        self.uuids.push(format!("sim-stream-{i}"));
+        self.by_stream.insert(1_000_000 + i as u64, i);
+        i
+    }
+
+    fn subscribe(&mut self, i: usize, name: &str) {
+        let sub = Box::new(self.frameworks[i].subscribe(name));
+        let (stream, uuid) = (1_000_000 + i as u64, self.uuids[i].clone());
+        self.inbox.push_back(Input::Subscribe { stream, uuid, sub });
     }
 
     pub fn counts(&self, framework: usize) -> &Counts {
@@ -530,6 +592,8 @@ impl Sim {
         let mut master = std::mem::replace(&mut self.master, placeholder);
         let (start, epoch_ns, skipped) = (self.start, self.epoch_ns, self.skipped);
         let clock = move || Time(epoch_ns + (start.elapsed() + skipped).as_nanos() as u64);
+        let backlog = self.backlog.clone();
+        let gauges = backlog.clone();
         let worker = std::thread::spawn(move || {
             let mut busy = Duration::ZERO;
             let mut failure = None;
@@ -580,6 +644,8 @@ impl Sim {
                     }
                 }
                 busy += t0.elapsed();
+                gauges.master_inputs.store(queued.len() as u64, Ordering::Relaxed);
+                gauges.sim_commands.fetch_add(out.len() as u64, Ordering::Relaxed);
                 if !out.is_empty() && master_tx.send(out).is_err() {
                     break;
                 }
@@ -587,6 +653,7 @@ impl Sim {
             (master, busy, failure)
         });
         let end = self.elapsed() + until;
+        let mut checked = Instant::now();
         loop {
             let next = self.later.peek().map(|Reverse((t, _))| *t);
             let wait = next
@@ -594,14 +661,17 @@ impl Sim {
                 .unwrap_or(Duration::from_millis(20))
                 .min(Duration::from_millis(20));
             if let Ok(cmds) = from_master.recv_timeout(wait) {
+                let mut handled = cmds.len() as u64;
                 for c in cmds {
                     self.command(c);
                 }
                 while let Ok(cmds) = from_master.try_recv() {
+                    handled += cmds.len() as u64;
                     for c in cmds {
                         self.command(c);
                     }
                 }
+                backlog.sim_commands.fetch_sub(handled, Ordering::Relaxed);
             }
             let now = self.now();
             while self.later.peek().is_some_and(|Reverse((t, _))| *t <= now) {
@@ -614,14 +684,22 @@ impl Sim {
                     break;
                 }
             }
-            if self.failure.is_some() || done(self) || self.elapsed() >= end {
+            // `done` may add up every framework's counters: at most once a millisecond.
+            if self.failure.is_some() || self.elapsed() >= end {
                 break;
+            }
+            if checked.elapsed() >= Duration::from_millis(1) {
+                checked = Instant::now();
+                if done(self) {
+                    break;
+                }
             }
         }
         let _ = to_master.send(ToMaster::Stop);
         let joined = worker.join();
         // What the master said before it stopped is still due.
         while let Ok(cmds) = from_master.try_recv() {
+            backlog.sim_commands.fetch_sub(cmds.len() as u64, Ordering::Relaxed);
             for c in cmds {
                 self.command(c);
             }
@@ -651,6 +729,7 @@ impl Sim {
                 let m = self.update(conn, &framework_id, &task_id, TaskState::TaskFinished);
                 self.inbox.push_back(Input::Agent(conn, m));
             }
+            Later::Subscribe { index, name } => self.subscribe(index, &name),
         }
     }
 

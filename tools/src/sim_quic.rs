@@ -279,12 +279,28 @@ impl QuicCluster {
 
     /// Subscribes a framework in `role`; returns its index.
     pub fn add_framework(&mut self, name: &str, role: &str, behaviour: Behaviour) -> usize {
+        self.add_framework_at(self.now(), name, role, behaviour)
+    }
+
+    /// Like [`QuicCluster::add_framework`], but the framework subscribes at `at`.
+    pub fn add_framework_at(
+        &mut self,
+        at: Time,
+        name: &str,
+        role: &str,
+        behaviour: Behaviour,
+    ) -> usize {
         let i = self.frameworks.len();
         let model = Arc::new(Mutex::new(FrameworkModel::new(i, role, behaviour)));
         self.frameworks.push(model.clone());
         let (handle, shared) = (self.handle.clone(), self.shared.clone());
         let (start, epoch_ns) = (self.start, self.epoch_ns);
-        self.sim_rt.spawn(framework(handle, model, name.to_string(), shared, start, epoch_ns));
+        let delay = Duration::from_nanos(at.0.saturating_sub(self.now().0));
+        let name = name.to_string();
+        self.sim_rt.spawn(async move {
+            tokio::time::sleep(delay).await;
+            framework(handle, model, name, shared, start, epoch_ns).await
+        });
         i
     }
 

@@ -96,6 +96,14 @@ impl Latency {
         let _ = self.hist.add(&other.hist);
         self.sum_us = self.sum_us.saturating_add(other.sum_us);
     }
+
+    /// Removes the samples of `earlier`, a copy of this histogram taken before: what remains
+    /// is what was recorded since (the maximum stays the whole run's).
+    pub fn subtract(&mut self, earlier: &Latency) {
+        // Same bounds; `earlier`'s counts are a subset of ours, so it cannot underflow.
+        let _ = self.hist.subtract(&earlier.hist);
+        self.sum_us = self.sum_us.saturating_sub(earlier.sum_us);
+    }
 }
 
 /// The offer path of one (framework, role).
@@ -123,6 +131,14 @@ impl Stages {
         self.accepted.merge(&o.accepted);
         self.declined.merge(&o.declined);
         self.running.merge(&o.running);
+    }
+
+    /// Removes the samples of `earlier` (see [`Latency::subtract`]).
+    pub fn subtract(&mut self, earlier: &Stages) {
+        self.offered.subtract(&earlier.offered);
+        self.accepted.subtract(&earlier.accepted);
+        self.declined.subtract(&earlier.declined);
+        self.running.subtract(&earlier.running);
     }
 }
 
@@ -172,5 +188,21 @@ mod tests {
         other.record_between(Time(5), Time(1));
         l.merge(&other);
         assert_eq!(l.count(), 103);
+    }
+
+    #[test]
+    fn subtracting_an_earlier_copy_leaves_what_came_since() {
+        let mut l = Latency::default();
+        for _ in 0..1000 {
+            l.record_ns(50_000_000);
+        }
+        let earlier = l.clone();
+        for _ in 0..10 {
+            l.record_ns(1_000);
+        }
+        l.subtract(&earlier);
+        assert_eq!(l.count(), 10);
+        assert_eq!(l.quantile(0.99), Duration::from_micros(1));
+        assert_eq!(l.sum(), Duration::from_micros(10));
     }
 }
