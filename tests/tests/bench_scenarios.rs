@@ -65,6 +65,9 @@ fn paper_runs_a_fresh_frameworks_task_and_reports_its_overhead() {
     assert!(out.contains("(median of 5;"), "{out}");
     let total = number_after(&out, "finished ");
     assert!((10.0..15.0).contains(&total), "a 10 s task, plus the overhead: {out}");
+    // Where the overhead went, and the offer path without the warm-up's samples.
+    assert!(out.contains("the median probe's overhead, stage by stage: subscribe → SUBSCRIBED"));
+    assert!(out.contains("offer path from a second before the probes subscribed"), "{out}");
 }
 
 /// Over QUIC: every simulated agent handshakes (mutual TLS) and registers on its own

@@ -594,7 +594,7 @@ impl Sim {
         let clock = move || Time(epoch_ns + (start.elapsed() + skipped).as_nanos() as u64);
         let backlog = self.backlog.clone();
         let gauges = backlog.clone();
-        let worker = std::thread::spawn(move || {
+        let worker = std::thread::Builder::new().name("core".into()).spawn(move || {
             let mut busy = Duration::ZERO;
             let mut failure = None;
             let mut queued: VecDeque<Input> = VecDeque::new();
@@ -652,6 +652,13 @@ impl Sim {
             }
             (master, busy, failure)
         });
+        let worker = match worker {
+            Ok(w) => w,
+            Err(e) => {
+                self.failure.get_or_insert(format!("cannot start the master's thread: {e}"));
+                return;
+            }
+        };
         let end = self.elapsed() + until;
         let mut checked = Instant::now();
         loop {
@@ -823,4 +830,53 @@ pub fn process_usage() -> (u64, Duration) {
         })
         .unwrap_or_default();
     (rss, cpu)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe() -> Behaviour {
+        Behaviour::Launch {
+            task: Resources::parse("cpus:1;mem:128").unwrap(),
+            duration: Duration::from_secs(10),
+            jitter: Duration::ZERO,
+            per_offer: Some(1),
+            limit: Some(1),
+        }
+    }
+
+    #[test]
+    fn a_framework_with_nothing_left_to_launch_suppresses_its_offers() {
+        let mut sim = Sim::new(MasterConfig::default());
+        sim.add_agents(4, &Resources::parse("cpus:2;mem:1024").unwrap());
+        let f = sim.add_framework("probe", "*", probe());
+        sim.run(Duration::from_secs(1), |_| false);
+        assert_eq!(sim.counts(f).launched, 1);
+        let offered = sim.counts(f).offers;
+        let fw = sim.master.frameworks().values().next().unwrap();
+        assert_eq!(fw.suppressed, vec!["*".to_string()]);
+        // Its declines' 5 s filters expire and its task ends: without SUPPRESS it would be
+        // offered everything again.
+        sim.run(Duration::from_secs(60), |_| false);
+        assert!(sim.failure.is_none(), "{:?}", sim.failure);
+        assert_eq!(sim.counts(f).finished, 1);
+        assert_eq!(sim.counts(f).offers, offered);
+    }
+
+    #[test]
+    fn a_framework_added_for_later_subscribes_then_and_not_before() {
+        let mut sim = Sim::new(MasterConfig::default());
+        sim.add_agents(2, &Resources::parse("cpus:2;mem:1024").unwrap());
+        let at = Time(sim.now().0 + 5_000_000_000);
+        let f = sim.add_framework_at(at, "late", "*", probe());
+        sim.run(Duration::from_secs(3), |_| false);
+        assert_eq!(sim.counts(f).subscribed_at, None);
+        assert!(sim.master.frameworks().is_empty());
+        sim.run(Duration::from_secs(20), |_| false);
+        let k = sim.counts(f);
+        assert!(k.subscribed_at.is_some_and(|t| t >= at), "{k:?}");
+        assert!(k.first_offer_at >= k.subscribed_at && k.first_running_at >= k.first_offer_at);
+        assert_eq!(k.finished, 1);
+    }
 }

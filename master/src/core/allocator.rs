@@ -170,9 +170,9 @@ struct RoleSlot {
 pub struct Allocator {
     config: AllocatorConfig,
     agents: Vec<Option<AgentSlot>>,
-    agent_ix: HashMap<String, Ix>,
+    agent_ix: FxHashMap<String, Ix>,
     frameworks: Vec<Option<FrameworkSlot>>,
-    framework_ix: HashMap<String, Ix>,
+    framework_ix: FxHashMap<String, Ix>,
     /// Role slots are never reused: filters and expiries may name a role index.
     roles: Vec<RoleSlot>,
     role_ix: BTreeMap<String, Ix>,
@@ -206,9 +206,9 @@ impl Allocator {
         Allocator {
             config,
             agents: Vec::new(),
-            agent_ix: HashMap::new(),
+            agent_ix: FxHashMap::default(),
             frameworks: Vec::new(),
-            framework_ix: HashMap::new(),
+            framework_ix: FxHashMap::default(),
             roles: Vec::new(),
             role_ix: BTreeMap::new(),
             role_order: BTreeSet::new(),
