@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use corral_master::core::{Command, Master, MasterConfig, Time};
+use corral_master::shell::batch_done;
 use corral_wire::mesos::v1::scheduler::{Call, Event, call, event};
 use corral_wire::mesos::v1::{self, TaskState};
 use corral_wire::proto::{
@@ -522,12 +523,15 @@ impl Sim {
                     busy = true;
                     self.command(cmd);
                 }
-                // As the master's actor does: up to 257 queued inputs, then its commands (so
-                // bursts coalesce into one allocation pass, and no more).
-                for _ in 0..corral_master::shell::ACTOR_BATCH {
+                // As the master's actor does: up to 257 queued inputs or 250 µs of them, then
+                // its commands (so bursts coalesce into one allocation pass, and no more).
+                let began = Instant::now();
+                let mut taken = 0;
+                while !batch_done(taken, || began.elapsed()) {
                     let Some(input) = self.inbox.pop_front() else { break };
                     busy = true;
                     self.deliver(input);
+                    taken += 1;
                 }
                 let now = self.now();
                 while self.later.peek().is_some_and(|Reverse((t, _))| *t <= now) {
@@ -582,7 +586,8 @@ impl Sim {
     /// Like [`Sim::run`], but the master core runs on a thread of its own, as on a real
     /// cluster where the master has its machine and agents and frameworks theirs: inputs go
     /// to it and commands come back over channels, the master coalescing up to 257 queued
-    /// inputs per pass as its actor does. Real time only (nothing is skipped).
+    /// inputs (or 250 µs of them) per pass as its actor does. Real time only (nothing is
+    /// skipped).
     pub fn run_threaded(&mut self, until: Duration, mut done: impl FnMut(&Sim) -> bool) {
         use std::sync::mpsc;
         let (to_master, master_rx) = mpsc::channel::<ToMaster>();
@@ -624,11 +629,13 @@ impl Sim {
                     }
                 }
                 let t0 = Instant::now();
-                for _ in 0..corral_master::shell::ACTOR_BATCH {
+                let mut taken = 0;
+                while !batch_done(taken, || t0.elapsed()) {
                     let Some(input) = queued.pop_front() else { break };
                     if let Some(f) = apply(&mut master, clock(), input) {
                         failure.get_or_insert(f);
                     }
+                    taken += 1;
                 }
                 let now = clock();
                 if master.next_timeout().is_some_and(|t| t <= now) {

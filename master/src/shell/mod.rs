@@ -275,6 +275,17 @@ impl EventRx {
 /// the core emits in a pass waits for the pass to end.
 pub const ACTOR_BATCH: usize = 257;
 
+/// And at most this long of them: where inputs are costly (a cluster of 500,000 tasks, large
+/// ACCEPTs) 257 of them take milliseconds, and resources freed by the first wait for the
+/// allocation pass after the last.
+pub const ACTOR_BATCH_BUDGET: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// Whether a batch that took `taken` inputs is complete; `elapsed` (since the batch began) is
+/// read only every 16 inputs.
+pub fn batch_done(taken: usize, elapsed: impl FnOnce() -> std::time::Duration) -> bool {
+    taken >= ACTOR_BATCH || (taken.is_multiple_of(16) && elapsed() >= ACTOR_BATCH_BUDGET)
+}
+
 /// A query run inside the actor against the core (the HTTP views use it).
 pub type Query = Box<dyn FnOnce(&Master) + Send>;
 
@@ -536,14 +547,19 @@ impl Actor {
                 _ = &mut shutdown => break,
                 Some(input) = control.recv() => self.apply(input),
                 Some(input) = rx.recv() => {
+                    let began = self.clock.now();
                     self.apply(input);
                     // Take what else is queued before polling, so bursts coalesce into one
                     // allocation pass.
-                    for _ in 1..ACTOR_BATCH {
+                    let mut taken = 1;
+                    while !batch_done(taken, || {
+                        Duration::from_nanos(self.clock.now().0.saturating_sub(began.0))
+                    }) {
                         match rx.try_recv() {
                             Ok(input) => self.apply(input),
                             Err(_) => break,
                         }
+                        taken += 1;
                     }
                 }
                 _ = sleep_until(wake) => {
@@ -750,4 +766,23 @@ fn bind_pair(
         }
     }
     Err(last.unwrap_or(MasterError::Flag("no port".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_ends_at_257_inputs_or_after_its_time_budget() {
+        let never = || -> Duration { panic!("the clock is read only every 16 inputs") };
+        assert!(!batch_done(1, never));
+        assert!(!batch_done(17, never));
+        assert!(!batch_done(16, || Duration::from_micros(100)));
+        assert!(batch_done(16, || ACTOR_BATCH_BUDGET));
+        assert!(batch_done(ACTOR_BATCH, never));
+        // Cheap inputs still coalesce into a full batch.
+        let taken =
+            (1..).find(|&n| batch_done(n, || Duration::from_nanos(n as u64 * 500))).unwrap();
+        assert_eq!(taken, ACTOR_BATCH);
+    }
 }
