@@ -94,14 +94,12 @@ impl View for QuicCluster {
 }
 
 /// What a scenario needs from a cluster, whichever the transport.
-trait Cluster {
+trait Cluster: View {
     fn transport(&self) -> &'static str;
     fn add_agents(&mut self, n: usize, resources: &Resources) -> anyhow::Result<()>;
     fn add_framework(&mut self, name: &str, role: &str, behaviour: Behaviour) -> usize;
     /// A framework that subscribes at `at`, while a run goes on.
     fn add_framework_at(&mut self, at: Time, name: &str, role: &str, b: Behaviour) -> usize;
-    fn total_counts(&self) -> Counts;
-    fn counts(&self, f: usize) -> Counts;
     fn first_finished(&self, f: usize) -> Option<Time>;
     fn now(&self) -> Time;
     /// Runs for `d` or until `done` says so; `tick` about once a second, given where work
@@ -135,12 +133,6 @@ impl Cluster for Sim {
     }
     fn add_framework_at(&mut self, at: Time, name: &str, role: &str, b: Behaviour) -> usize {
         Sim::add_framework_at(self, at, name, role, b)
-    }
-    fn total_counts(&self) -> Counts {
-        Sim::total_counts(self)
-    }
-    fn counts(&self, f: usize) -> Counts {
-        Sim::counts(self, f).clone()
     }
     fn first_finished(&self, f: usize) -> Option<Time> {
         Sim::first_finished(self, f)
@@ -209,12 +201,6 @@ impl Cluster for QuicCluster {
     }
     fn add_framework_at(&mut self, at: Time, name: &str, role: &str, b: Behaviour) -> usize {
         QuicCluster::add_framework_at(self, at, name, role, b)
-    }
-    fn total_counts(&self) -> Counts {
-        QuicCluster::total_counts(self)
-    }
-    fn counts(&self, f: usize) -> Counts {
-        QuicCluster::counts(self, f)
     }
     fn first_finished(&self, f: usize) -> Option<Time> {
         QuicCluster::first_finished(self, f)
@@ -329,25 +315,15 @@ fn footer(
     );
 }
 
-/// Runs for `d`, printing a progress line every second.
+/// Runs for `d` or until `done`, printing a progress line every second.
 fn run_with_progress(
     c: &mut dyn Cluster,
     d: Duration,
     label: &str,
-    done: impl FnMut(&dyn View) -> bool,
-) {
-    run_since(c, d, label, std::time::Instant::now(), done)
-}
-
-/// [`run_with_progress`], its progress lines counting from `started`.
-fn run_since(
-    c: &mut dyn Cluster,
-    d: Duration,
-    label: &str,
-    started: std::time::Instant,
     mut done: impl FnMut(&dyn View) -> bool,
 ) {
-    let mut last = (std::time::Instant::now(), c.total_counts().launched);
+    let started = std::time::Instant::now();
+    let mut last = (started, c.total().launched);
     let mut tick = |v: &dyn View, waiting: &str| {
         let k = v.total();
         let (at, launched) = last;
@@ -435,7 +411,7 @@ pub fn decline(args: SimArgs) -> anyhow::Result<ExitCode> {
     );
     check(c.as_ref())?;
     let took = wall.elapsed();
-    let k = c.total_counts();
+    let k = c.total();
     let registration = if args.transport == Transport::Quic {
         "agent registration excluded"
     } else {
@@ -490,12 +466,12 @@ pub fn churn(args: SimArgs) -> anyhow::Result<ExitCode> {
     check(c.as_ref())?;
     let (_, cpu0) = process_usage();
     let master0 = c.master_cpu();
-    let before = c.total_counts();
+    let before = c.total();
     let wall = std::time::Instant::now();
     run_with_progress(c.as_mut(), d, "churn", |_| false);
     check(c.as_ref())?;
     let took = wall.elapsed();
-    let k = c.total_counts();
+    let k = c.total();
     let placed = k.launched - before.launched;
     let rate = placed as f64 / took.as_secs_f64();
     println!(

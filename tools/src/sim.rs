@@ -339,6 +339,11 @@ enum Input {
     },
 }
 
+/// The subscriber stream id of framework `i`.
+fn stream_of(i: usize) -> u64 {
+    1_000_000 + i as u64
+}
+
 /// Applies one input to the master (both modes).
 fn apply(master: &mut Master, now: Time, input: Input) -> Option<String> {
     match input {
@@ -471,13 +476,13 @@ impl Sim {
         let i = self.frameworks.len();
         self.frameworks.push(FrameworkModel::new(i, role, behaviour));
         self.uuids.push(format!("sim-stream-{i}"));
-        self.by_stream.insert(1_000_000 + i as u64, i);
+        self.by_stream.insert(stream_of(i), i);
         i
     }
 
     fn subscribe(&mut self, i: usize, name: &str) {
         let sub = Box::new(self.frameworks[i].subscribe(name));
-        let (stream, uuid) = (1_000_000 + i as u64, self.uuids[i].clone());
+        let (stream, uuid) = (stream_of(i), self.uuids[i].clone());
         self.inbox.push_back(Input::Subscribe { stream, uuid, sub });
     }
 
@@ -523,8 +528,8 @@ impl Sim {
                     busy = true;
                     self.command(cmd);
                 }
-                // As the master's actor does: up to 257 queued inputs or 250 µs of them, then
-                // its commands (so bursts coalesce into one allocation pass, and no more).
+                // As the master's actor does: a batch of queued inputs (`batch_done`), then its
+                // commands (so bursts coalesce into one allocation pass, and no more).
                 let began = Instant::now();
                 let mut taken = 0;
                 while !batch_done(taken, || began.elapsed()) {
@@ -585,9 +590,8 @@ impl Sim {
 
     /// Like [`Sim::run`], but the master core runs on a thread of its own, as on a real
     /// cluster where the master has its machine and agents and frameworks theirs: inputs go
-    /// to it and commands come back over channels, the master coalescing up to 257 queued
-    /// inputs (or 250 µs of them) per pass as its actor does. Real time only (nothing is
-    /// skipped).
+    /// to it and commands come back over channels, the master coalescing a batch of queued
+    /// inputs per pass as its actor does (`batch_done`). Real time only (nothing is skipped).
     pub fn run_threaded(&mut self, until: Duration, mut done: impl FnMut(&Sim) -> bool) {
         use std::sync::mpsc;
         let (to_master, master_rx) = mpsc::channel::<ToMaster>();

@@ -131,8 +131,6 @@ struct AgentSlot {
     dirty: bool,
     /// When it was first marked dirty since its last allocation pass.
     dirty_since: Option<Time>,
-    /// In `leftover`: its last pass left allocatable resources unoffered.
-    leftover: bool,
 }
 
 #[derive(Debug)]
@@ -434,7 +432,6 @@ impl Allocator {
             active: true,
             dirty: false,
             dirty_since: None,
-            leftover: false,
         }));
         self.agent_ix.insert(id.to_string(), a);
         for (fw, role, r) in used {
@@ -941,16 +938,10 @@ impl Allocator {
                     since,
                 });
             }
-            let left = self.allocatable(&available);
-            if let Some(slot) = self.agent_mut(a)
-                && slot.leftover != left
-            {
-                slot.leftover = left;
-                if left {
-                    self.leftover.insert(a);
-                } else {
-                    self.leftover.remove(&a);
-                }
+            if self.allocatable(&available) {
+                self.leftover.insert(a);
+            } else {
+                self.leftover.remove(&a);
             }
         }
         out
@@ -1052,11 +1043,8 @@ impl Allocator {
         for (ix, a) in self.agents.iter().enumerate() {
             let Some(a) = a else { continue };
             // A pass over every agent visits only the dirty and the leftover ones.
-            if a.leftover != self.leftover.contains(&(ix as Ix)) {
-                return Err(format!("agent {}: leftover flag and set disagree", a.id));
-            }
-            if a.active && !a.dirty && !a.leftover && self.allocatable(&a.total.minus(&a.allocated))
-            {
+            let leftover = self.leftover.contains(&(ix as Ix));
+            if a.active && !a.dirty && !leftover && self.allocatable(&a.total.minus(&a.allocated)) {
                 return Err(format!(
                     "agent {} has {} unallocated but is neither dirty nor leftover",
                     a.id,

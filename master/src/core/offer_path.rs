@@ -98,7 +98,7 @@ impl Latency {
     }
 
     /// Removes the samples of `earlier`, a copy of this histogram taken before: what remains
-    /// is what was recorded since (the maximum stays the whole run's).
+    /// is what was recorded since (its quantiles and maximum included).
     pub fn subtract(&mut self, earlier: &Latency) {
         // Same bounds; `earlier`'s counts are a subset of ours, so it cannot underflow.
         let _ = self.hist.subtract(&earlier.hist);
